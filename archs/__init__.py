@@ -1,0 +1,40 @@
+"""The architecture zoo: pure Linen modules, one file per family, and their registry.
+
+Importing this package imports every family module in it; each registers its
+architectures. A new family is a new file here that calls `register`.
+"""
+
+import importlib
+import pkgutil
+
+from archs.registry import (
+    ArchSpec,
+    InputSpec,
+    Size,
+    UnknownNameError,
+    cells,
+    count_params,
+    get,
+    init_variables,
+    names,
+    param_count,
+    register,
+)
+
+__all__ = [
+    "ArchSpec",
+    "InputSpec",
+    "Size",
+    "UnknownNameError",
+    "cells",
+    "count_params",
+    "get",
+    "init_variables",
+    "names",
+    "param_count",
+    "register",
+]
+
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name != "registry" and not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")

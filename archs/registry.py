@@ -1,0 +1,182 @@
+"""The architecture registry: a name maps to a spec (module, sizes, input, task)."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+TASKS = ("classify", "lm", "seq2seq")
+INPUT_KINDS = ("image", "sequence", "tokens", "seq2seq")
+
+
+class UnknownNameError(KeyError):
+    """An architecture, size or other name that is not registered; the message lists valid ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
+        return str(self.args[0])
+
+
+def unknown(what: str, name: str, valid) -> UnknownNameError:
+    return UnknownNameError(f"unknown {what} {name!r}; valid: {', '.join(valid)}")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one example looks like.
+
+    kind:
+      image     float (H, W, C)
+      sequence  float (T, F)
+      tokens    int (T,) in [0, vocab_size)
+      seq2seq   int source (S,) and target (T,) in [0, vocab_size); shape is (S, T)
+    """
+
+    kind: str
+    shape: tuple[int, ...]
+    vocab_size: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in INPUT_KINDS:
+            raise ValueError(f"input kind {self.kind!r} not in {INPUT_KINDS}")
+        if self.kind in ("tokens", "seq2seq") and not self.vocab_size:
+            raise ValueError(f"{self.kind} input needs vocab_size")
+
+    def describe(self) -> str:
+        dims = "x".join(map(str, self.shape))
+        if self.kind == "tokens":
+            return f"tokens {dims} (vocab {self.vocab_size})"
+        if self.kind == "seq2seq":
+            return f"seq2seq {self.shape[0]}->{self.shape[1]} (vocab {self.vocab_size})"
+        return f"{self.kind} {dims}"
+
+    @property
+    def tokens_per_example(self) -> int | None:
+        """Positions a sequence model processes per example (None for images)."""
+        if self.kind == "image":
+            return None
+        if self.kind == "seq2seq":
+            return self.shape[1]  # target tokens predicted
+        return self.shape[0]
+
+    def example(self, key: jax.Array, batch: int):
+        """A random batch of inputs: an array, or a dict {src, tgt} for seq2seq."""
+        if self.kind in ("image", "sequence"):
+            return jax.random.normal(key, (batch, *self.shape), jnp.float32)
+        if self.kind == "tokens":
+            return jax.random.randint(key, (batch, *self.shape), 0, self.vocab_size)
+        k_src, k_tgt = jax.random.split(key)
+        src_len, tgt_len = self.shape
+        return {
+            "src": jax.random.randint(k_src, (batch, src_len), 0, self.vocab_size),
+            "tgt": jax.random.randint(k_tgt, (batch, tgt_len), 0, self.vocab_size),
+        }
+
+
+@dataclass(frozen=True)
+class Size:
+    """One row of a family's size table.
+
+    config: keyword arguments of the Linen module.
+    input: the example shape this size is built for.
+    canonical: the published model this size reproduces (e.g. "ResNet-50"), or None.
+    published_params: its published parameter count, where the source gives an exact one.
+    source: paper, table or tutorial the size comes from.
+    """
+
+    config: Mapping[str, Any]
+    input: InputSpec
+    canonical: str | None = None
+    published_params: int | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A registered architecture: its Linen module class, task and size table."""
+
+    name: str
+    family: str
+    module: type[nn.Module]
+    task: str
+    sizes: Mapping[str, Size] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task {self.task!r} not in {TASKS}")
+        if "tiny" not in self.sizes or "small" not in self.sizes:
+            raise ValueError(f"{self.name}: every architecture needs 'tiny' and 'small' sizes")
+
+    def size(self, name: str) -> Size:
+        try:
+            return self.sizes[name]
+        except KeyError:
+            raise unknown(f"size for {self.name}", name, self.sizes) from None
+
+    def build(
+        self, size: str, dtype=jnp.float32, param_dtype=jnp.float32, **overrides
+    ) -> nn.Module:
+        """The Linen module of `size`, computing in `dtype` with parameters in `param_dtype`."""
+        config = {**self.size(size).config, **overrides}
+        return self.module(**config, dtype=dtype, param_dtype=param_dtype)
+
+    def num_outputs(self, size: str) -> int:
+        """Classes for a classifier, vocabulary for a language or seq2seq model."""
+        if self.task == "classify":
+            return self.build(size).num_classes
+        return self.size(size).input.vocab_size
+
+
+_REGISTRY: dict[str, ArchSpec] = {}
+
+
+def register(spec: ArchSpec) -> ArchSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"architecture {spec.name!r} registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get(name: str) -> ArchSpec:
+    """The spec of `name`; an unknown name raises UnknownNameError listing the valid ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise unknown("architecture", name, sorted(_REGISTRY)) from None
+
+
+def names(pattern: str = "*") -> list[str]:
+    """Registered architecture names matching a shell-style wildcard, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def cells(pattern: str = "*", sizes: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+    """(arch, size) pairs for every registered architecture matching `pattern`."""
+    return [(n, s) for n in names(pattern) for s in get(n).sizes if sizes is None or s in sizes]
+
+
+def init_variables(module: nn.Module, input_spec: InputSpec, key: jax.Array, batch: int = 1):
+    """Initialise all variable collections (params, batch_stats, ...) for a batch of zeros."""
+    x = input_spec.example(jax.random.key(0), batch)
+    x = jax.tree.map(jnp.zeros_like, x)
+    return module.init({"params": key, "dropout": key}, x, train=False)
+
+
+def count_params(tree) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def param_count(name: str, size: str) -> int:
+    """Trainable parameters of (name, size), from shapes alone: nothing is allocated."""
+    spec = get(name)
+    module = spec.build(size)
+    shapes = jax.eval_shape(
+        lambda k: init_variables(module, spec.size(size).input, k), jax.random.key(0)
+    )
+    return count_params(shapes["params"])
