@@ -16,7 +16,11 @@ TASKS = ("classify", "lm", "seq2seq")
 INPUT_KINDS = ("image", "sequence", "tokens", "seq2seq")
 
 
-class UnknownNameError(KeyError):
+class UserError(Exception):
+    """Bad input from a user (a name, a value, a file): the CLI prints it as one line, exit 2."""
+
+
+class UnknownNameError(UserError, KeyError):
     """An architecture, size or other name that is not registered; the message lists valid ones."""
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly.

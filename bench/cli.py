@@ -16,8 +16,8 @@ from collections.abc import Callable
 import archs
 
 
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
+class CliError(archs.UserError):
+    """A user error found by the CLI itself: printed as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command][2](args)
-    except (CliError, archs.UnknownNameError) as e:
+    except archs.UserError as e:
         if os.environ.get("ARCHBENCH_DEBUG"):
             raise
         msg = str(e)
