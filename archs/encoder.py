@@ -1,0 +1,120 @@
+"""Transformer encoder classifier in the style of BERT (Devlin et al. 2019)."""
+
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from archs._transformer import Block, layer_norm, learned_positions
+from archs.registry import ArchSpec, InputSpec, Size, register
+
+
+class Encoder(nn.Module):
+    """BERT-style encoder: token, position and type embeddings, post-LN blocks, pooler, head."""
+
+    vocab_size: int
+    num_layers: int
+    width: int
+    num_heads: int
+    mlp_dim: int
+    max_len: int  # learned positions
+    num_token_types: int = 0  # BERT's segment embeddings; 0 for none
+    num_classes: int = 2
+    dropout: float = 0.0
+    layer_norm_eps: float = 1e-12  # BERT's value; statistics are reduced in float32
+    attention_impl: str | None = None  # None (XLA) or "cudnn"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        init = nn.initializers.truncated_normal(0.02)  # BERT's initializer_range
+        dense = partial(nn.Dense, kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype)
+        embed = partial(
+            nn.Embed, features=self.width, embedding_init=init,
+            dtype=self.dtype, param_dtype=self.param_dtype,
+        )  # fmt: skip
+        drop = nn.Dropout(self.dropout, deterministic=not train)
+
+        h = embed(self.vocab_size, name="token_embed")(x)  # (B, T, D)
+        h = h + learned_positions(
+            x.shape[1], self.max_len, self.width, init, self.dtype, self.param_dtype
+        )
+        if self.num_token_types:
+            # A single segment: every token has type 0, as in single-sentence classification.
+            h = h + embed(self.num_token_types, name="type_embed")(jnp.zeros((1,), jnp.int32))
+        h = drop(layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, "ln_embed")(h))
+        for i in range(self.num_layers):
+            h = Block(
+                self.num_heads,
+                self.mlp_dim,
+                dropout=self.dropout,
+                act=partial(nn.gelu, approximate=False),  # erf GELU, as Hugging Face's BERT
+                layer_norm_eps=self.layer_norm_eps,
+                kernel_init=init,
+                attention_impl=self.attention_impl,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"block_{i}",
+            )(h, train=train)  # (B, T, D)
+        pooled = nn.tanh(dense(self.width, name="pooler")(h[:, 0]))  # (B, D) from the first token
+        return dense(self.num_classes, name="classifier")(drop(pooled))  # (B, C)
+
+
+def _size(layers, width, heads, mlp, vocab, max_len, seq, types=2, dropout=0.0, **kw) -> Size:
+    config = {
+        "vocab_size": vocab, "num_layers": layers, "width": width, "num_heads": heads,
+        "mlp_dim": mlp, "max_len": max_len, "num_token_types": types, "dropout": dropout,
+    }  # fmt: skip
+    return Size(config, InputSpec("tokens", (seq,), vocab), **kw)
+
+
+# Hugging Face BertModel (with pooler) has 109,482,240 parameters for BERT-base and
+# 335,141,888 for BERT-large: embeddings V*D + 512*D + 2*D + 2*D (LayerNorm), per layer
+# 4*(D*D + D) + 2*D*F + F + D + 4*D, pooler D*D + D. The classifier adds D*C + C (C = 2).
+BERT_SOURCE = (
+    "Devlin et al. 2019, sec. 3 (L, H, A) and Appendix A.2; the count is Hugging Face "
+    "BertModel's {count:,} plus the {classes}-way classifier, {head:,}, derived exactly"
+)
+
+register(
+    ArchSpec(
+        name="encoder",
+        family="Transformer encoder",
+        module=Encoder,
+        task="classify",
+        sizes={
+            "tiny": _size(2, 32, 2, 64, vocab=128, max_len=16, seq=16),
+            "small": _size(2, 128, 4, 512, vocab=1024, max_len=128, seq=128),
+            # BERT-base: L=12, H=768, A=12, F=3072, WordPiece 30,522, 512 positions, 2 segments;
+            # dropout 0.1 on embeddings and sub-layer outputs. Benchmarked at 512 tokens.
+            "base": _size(
+                layers=12,
+                width=768,
+                heads=12,
+                mlp=3072,
+                vocab=30522,
+                max_len=512,
+                seq=512,
+                dropout=0.1,
+                canonical="BERT-base",
+                published_params=109_482_240 + 768 * 2 + 2,
+                source=BERT_SOURCE.format(count=109_482_240, classes=2, head=768 * 2 + 2),
+            ),
+            "large": _size(
+                layers=24,
+                width=1024,
+                heads=16,
+                mlp=4096,
+                vocab=30522,
+                max_len=512,
+                seq=512,
+                dropout=0.1,
+                canonical="BERT-large",
+                published_params=335_141_888 + 1024 * 2 + 2,
+                source=BERT_SOURCE.format(count=335_141_888, classes=2, head=1024 * 2 + 2),
+            ),
+        },
+    )
+)
