@@ -167,9 +167,11 @@ def cells(pattern: str = "*", sizes: tuple[str, ...] | None = None) -> list[tupl
 
 def init_variables(module: nn.Module, input_spec: InputSpec, key: jax.Array, batch: int = 1):
     """Initialise all variable collections (params, batch_stats, ...) for a batch of zeros."""
-    x = input_spec.example(jax.random.key(0), batch)
-    x = jax.tree.map(jnp.zeros_like, x)
-    return module.init({"params": key, "dropout": key}, x, train=False)
+    x = jax.tree.map(jnp.zeros_like, input_spec.example(jax.random.key(0), batch))
+    # Jitted, so that all initialisers compile as one program: run eagerly, each parameter
+    # shape compiles its own random-number kernel, which dominates a tiny model's init time.
+    init = jax.jit(lambda k, x: module.init({"params": k, "dropout": k}, x, train=False))
+    return init(key, x)
 
 
 def count_params(tree) -> int:

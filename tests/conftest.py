@@ -1,5 +1,5 @@
 import os
 
-# Tests run on the CPU with the devices JAX finds; keep XLA from grabbing every core's
-# worth of threads per test process when pytest-xdist is not used.
+# Tests run on the CPU unless told otherwise, with the project's PRNG (see bench/cli.py).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")

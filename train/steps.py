@@ -95,7 +95,7 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
     state = state.apply_gradients(grads=grads)
     if mutable:
         state = state.replace(batch_stats=updates["batch_stats"])
-    return state, {**metrics, "grad_norm": optax.global_norm(grads)}
+    return state, {**metrics, "grad_norm": optax.tree.norm(grads)}
 
 
 def predict(state: TrainState, x) -> jax.Array:
