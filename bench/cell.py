@@ -1,0 +1,134 @@
+"""A benchmark cell: what is measured, its validation and the keys that describe it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import archs
+from archs.registry import InputSpec, unknown
+
+MODES = ("train", "infer")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One benchmark cell; `batch` is global (split over `devices`), `dtype` the compute dtype."""
+
+    arch: str
+    size: str
+    mode: str  # "train" | "infer"
+    batch: int
+    dtype: str  # "float32" | "bfloat16"; parameters stay float32
+    devices: int = 1
+    seq_len: int | None = None  # sequence length override for sequence inputs
+
+    @property
+    def id(self) -> str:
+        """Stable name, e.g. "mlp-small-train-b32-float32-d1"; the resume key of result files."""
+        name = f"{self.arch}-{self.size}-{self.mode}-b{self.batch}-{self.dtype}-d{self.devices}"
+        return name if self.seq_len is None else f"{name}-t{self.seq_len}"
+
+
+def from_id(text: str) -> Cell:
+    """The Cell of an id such as "mlp-small-train-b32-float32[-d2][-t256]" (inverse of Cell.id).
+
+    Raises archs.UserError for text of another form; the names in it are checked by validate.
+    """
+    parts = text.strip().split("-")
+    form = "ARCH-SIZE-MODE-bBATCH-DTYPE[-dDEVICES][-tSEQ_LEN], e.g. mlp-small-train-b32-float32"
+    if len(parts) < 5 or not parts[3].startswith("b"):
+        raise archs.UserError(f"bad cell {text!r}; expected {form}")
+    fields = {"batch": parts[3][1:]}
+    for part in parts[5:]:
+        key = {"d": "devices", "t": "seq_len"}.get(part[:1])
+        if key is None or key in fields:
+            raise archs.UserError(f"bad cell {text!r}; expected {form}")
+        fields[key] = part[1:]
+    try:
+        numbers = {key: int(value) for key, value in fields.items()}
+    except ValueError:
+        raise archs.UserError(f"bad cell {text!r}; expected {form}") from None
+    return Cell(parts[0], parts[1], parts[2], dtype=parts[4], **numbers)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value > 0
+
+
+def validate(cell: Cell) -> None:
+    """Raise archs.UserError, in one line naming the valid choices, if `cell` cannot be measured."""
+    spec = archs.get(cell.arch)
+    size = spec.size(cell.size)
+    if cell.mode not in MODES:
+        raise unknown("mode", cell.mode, MODES)
+    if cell.dtype not in DTYPES:
+        raise unknown("dtype", cell.dtype, DTYPES)
+    if not _positive_int(cell.batch):
+        raise archs.UserError(f"batch must be a positive integer, got {cell.batch!r}")
+    available = len(jax.devices())
+    if not _positive_int(cell.devices) or cell.devices > available:
+        raise archs.UserError(
+            f"devices must be 1..{available} (the {jax.default_backend()} devices JAX sees), "
+            f"got {cell.devices!r}; on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
+            "gives N devices"
+        )
+    if cell.batch % cell.devices:
+        raise archs.UserError(
+            f"batch {cell.batch} is not divisible by devices {cell.devices}; "
+            f"valid batches are multiples of {cell.devices}"
+        )
+    if cell.seq_len is not None:
+        if size.input.kind == "image":
+            raise archs.UserError(
+                f"seq_len applies to sequence inputs; {cell.arch} takes {size.input.describe()}"
+            )
+        if not _positive_int(cell.seq_len):
+            raise archs.UserError(f"seq_len must be a positive integer, got {cell.seq_len!r}")
+
+
+def input_spec(cell: Cell) -> InputSpec:
+    """The size's input spec with `cell.seq_len` applied (to source and target for seq2seq)."""
+    spec = archs.get(cell.arch).size(cell.size).input
+    if cell.seq_len is None:
+        return spec
+    if spec.kind == "seq2seq":
+        return dataclasses.replace(spec, shape=(cell.seq_len, cell.seq_len))
+    return dataclasses.replace(spec, shape=(cell.seq_len, *spec.shape[1:]))
+
+
+def sequence_length(spec: InputSpec) -> int | None:
+    """Time steps a recurrent model scans over: None for images, the longer side for seq2seq."""
+    if spec.kind == "image":
+        return None
+    return max(spec.shape) if spec.kind == "seq2seq" else spec.shape[0]
+
+
+def cell_keys(cell: Cell) -> dict:
+    """The keys that describe `cell` in a result (params None if the model cannot be built)."""
+    spec = archs.get(cell.arch)
+    inputs = input_spec(cell)
+    try:
+        params = archs.param_count(cell.arch, cell.size)
+    except Exception:  # a broken model still gets a result row, with status "error"
+        params = None
+    return {
+        "cell_id": cell.id,
+        "arch": cell.arch,
+        "size": cell.size,
+        "family": spec.family,
+        "mode": cell.mode,
+        "batch": cell.batch,
+        "dtype": cell.dtype,
+        "devices": cell.devices,
+        "seq_len": cell.seq_len,
+        "params": params,
+        "task": spec.task,
+        "input": inputs.describe(),
+        "tokens_per_example": inputs.tokens_per_example,
+    }

@@ -1,0 +1,85 @@
+"""pytest options and hooks of the benchmark matrix, bench/test_matrix.py.
+
+The selection options take comma lists, as `archbench run` does; without them the matrix is
+the main job (see bench/matrix.py). The logic lives in bench/matrix.py; this file only wires
+it into pytest.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from archs import UserError
+from bench import matrix, measure, results
+
+FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len")
+PLUGIN = "archbench-matrix"
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("archbench", "archbench matrix (comma lists; default: the main job)")
+    group.addoption("--arch", help="architectures, wildcards allowed (default: all)")
+    group.addoption("--size", help=f"sizes (default: {matrix.DEFAULTS['size']})")
+    group.addoption("--mode", help=f"train, infer (default: {matrix.DEFAULTS['mode']})")
+    group.addoption("--batch", help=f"batch sizes or 'auto' (default: {matrix.DEFAULTS['batch']})")
+    group.addoption("--dtype", help=f"compute dtypes (default: {matrix.DEFAULTS['dtype']})")
+    group.addoption("--devices", help="device counts (default: 1)")
+    group.addoption("--seq-len", dest="seq_len", help="sequence lengths (default: the model's)")
+    group.addoption(
+        "--target-s",
+        type=float,
+        default=matrix.DEFAULT_TARGET_S,
+        help="seconds of timed rounds per cell (default: %(default)s)",
+    )
+    group.addoption("--archbench-out", help="results file, rewritten after every cell")
+    group.addoption(
+        "--archbench-resume", action="store_true", help="skip cells already ok in the file"
+    )
+    group.addoption(
+        "--archbench-progress", action="store_true", help="progress bar on stderr (for the CLI)"
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("target_s") <= 0:
+        raise pytest.UsageError("--target-s must be positive")
+    try:
+        requests = matrix.select(**{name: config.getoption(name) for name in FILTERS})
+        session = matrix.MatrixSession(
+            config,
+            out=config.getoption("archbench_out"),
+            resume=config.getoption("archbench_resume"),
+            target_s=config.getoption("target_s"),
+            progress=config.getoption("archbench_progress"),
+        )
+    except UserError as e:
+        raise pytest.UsageError(str(e)) from None
+    session.requests = requests
+    config.pluginmanager.register(session, PLUGIN)
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.name != "test_cell":
+        return
+    requests = metafunc.config.pluginmanager.get_plugin(PLUGIN).requests
+    metafunc.parametrize(
+        ",".join(FILTERS),
+        [tuple(getattr(r, name) for name in FILTERS) for r in requests],
+        ids=[r.id for r in requests],
+    )
+
+
+@pytest.fixture
+def matrix_session(request) -> matrix.MatrixSession:
+    return request.config.pluginmanager.get_plugin(PLUGIN)
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    # backend, device kind and count, jax/jaxlib/flax/optax versions; a key pytest-benchmark
+    # already fills (its "cpu" dict) keeps its value, archbench's goes in as archbench_<key>
+    for key, value in measure.device_info().items():
+        machine_info[f"archbench_{key}" if key in machine_info else key] = value
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json.setdefault(results.MARKER, results.marker())  # so --benchmark-json files load

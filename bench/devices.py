@@ -1,0 +1,76 @@
+"""Devices: the machine a result comes from, the data-parallel mesh, and scaling efficiency.
+
+Several devices: `devices=N` runs data-parallel over `Mesh(jax.devices()[:N], ("data",))`.
+The batch is sharded on its leading axis, parameters and optimizer state are replicated, and
+jit propagates these input shardings through the step (XLA inserts the gradient all-reduce).
+On CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=N` gives N devices; they share the
+host's cores, so they test correctness, not speed.
+
+Several hosts: start the same program on every host and, before any other JAX call, run
+`jax.distributed.initialize(coordinator_address="host0:1234", num_processes=P, process_id=i)`
+(on Cloud TPU and under SLURM the arguments are found automatically). `jax.devices()` then
+lists the devices of every host, so the same Mesh code spans them, and each process computes
+only the shards of the jitted state and batch that live on its own devices.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from importlib import metadata
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+def data_parallel(devices: Sequence[jax.Device]) -> tuple[NamedSharding, NamedSharding]:
+    """(replicated, batch-sharded) placements over a one-axis ("data",) mesh of `devices`."""
+    mesh = Mesh(np.array(devices), ("data",))
+    return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+
+def scaling_efficiency(
+    t1_step_s: float, tN_step_s: float, n: int, same_global_batch: bool
+) -> float:
+    """Parallel efficiency of `n` devices against one (1.0 is ideal).
+
+    Strong scaling (same_global_batch=True: both runs process the same global batch, each of the
+    n devices 1/n of it): ideally tN = t1 / n, so efficiency = t1 / (n * tN).
+    Weak scaling (False: each device keeps the one-device batch, the global batch grows n-fold):
+    ideally tN = t1, so efficiency = t1 / tN.
+    """
+    if n < 1 or t1_step_s <= 0 or tN_step_s <= 0:
+        raise ValueError("need n >= 1 and positive step times")
+    return t1_step_s / (n * tN_step_s) if same_global_batch else t1_step_s / tN_step_s
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info() -> dict:
+    """The machine a result was measured on: JAX backend, devices, library versions, CPU."""
+    device = jax.devices()[0]
+    versions = {name: metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")}
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "local_device_count": jax.local_device_count(),
+        "process_count": jax.process_count(),
+        **versions,
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS"),
+    }

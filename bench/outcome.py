@@ -1,0 +1,45 @@
+"""A cell's result: the keys every result has, and the result of a cell that failed."""
+
+from __future__ import annotations
+
+import jax
+
+from bench.cell import Cell, cell_keys
+
+# Every result has exactly these keys, in this order; a failed cell has None for what it lacks.
+RESULT_KEYS = (
+    *("cell_id", "arch", "size", "family", "mode", "batch", "dtype", "devices", "seq_len"),
+    *("params", "task", "input", "tokens_per_example", "status", "error", "backend"),
+    *("device_kind", "optimizer", "step_time_s", "step_time_iqr_s", "step_time_min_s"),
+    *("rounds", "steps_per_round", "samples_per_s", "tokens_per_s", "tflops_per_s", "mfu"),
+    *("peak_tflops", "peak_source", "peak_basis", "lower_s", "compile_s", "compile_cache"),
+    *("flops_per_step", "bytes_per_step", "flops_source", "bytes_source", "argument_bytes"),
+    *("output_bytes", "temp_bytes", "alias_bytes", "compiled_bytes", "batch_sharding"),
+    *("batch_per_device", "peak_bytes", "host_peak_rss_bytes", "peak_bytes_source"),
+    "peak_bytes_set_by_cell",
+)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether `exc` is an out-of-memory failure (XLA's RESOURCE_EXHAUSTED or a MemoryError)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("resource_exhausted", "resource exhausted", "out of memory"))
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def failure(cell: Cell, exc: BaseException) -> dict:
+    """The result of a cell that failed: status "oom" or "error", a one-line message."""
+    result = dict.fromkeys(RESULT_KEYS)
+    result.update(cell_keys(cell))
+    result["status"] = "oom" if is_oom(exc) else "error"
+    result["error"] = _one_line(exc)
+    device = jax.devices()[0]
+    result["backend"], result["device_kind"] = device.platform, device.device_kind
+    return result

@@ -1,0 +1,128 @@
+"""Peak matmul throughput of a device: a datasheet table for known accelerators, else measured.
+
+Every figure is dense (no 2:4 structured sparsity): NVIDIA datasheets quote the sparse number
+first and mark it with an asterisk; the dense one is half of it.
+
+Which peak a "float32" cell is compared with follows what XLA really runs. JAX's default matmul
+precision computes float32 dot products with reduced-precision arithmetic: TF32 tensor cores on
+NVIDIA Ampere and later, one bfloat16 pass on TPU (docs.jax.dev, "Matmul precision"). So under
+the default precision "float32" uses the TF32 peak on NVIDIA and the bf16 peak on TPU; when
+`jax_default_matmul_precision` asks for true float32 ("highest", "float32", "F32_F32_F32") it
+uses the FP32 (CUDA core) peak on NVIDIA and none on TPU (its multi-pass emulation has no
+datasheet figure).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclass(frozen=True)
+class Datasheet:
+    """Dense peak TFLOP/s per chip of one accelerator, with its source."""
+
+    name: str
+    kinds: tuple[str, ...]  # lower-case device_kind substrings that select this entry
+    bf16: float
+    tf32: float | None  # NVIDIA only
+    fp32: float | None
+    source: str
+
+
+# Order matters: the first entry with a matching substring wins, so variants come before the
+# family name ("h100 pcie" before "h100", "tpu v5 lite" before "tpu v5").
+DATASHEETS: tuple[Datasheet, ...] = (
+    # NVIDIA H100 Tensor Core GPU datasheet (2023), PCIe column: BF16 1,513 / TF32 756 sparse;
+    # FP32 51.2.
+    Datasheet("NVIDIA H100 PCIe", ("h100 pcie",), 756.5, 378.0, 51.2, "NVIDIA H100 datasheet"),
+    # Same datasheet, H100 NVL column: BF16 1,671 / TF32 835 sparse; FP32 60.
+    Datasheet("NVIDIA H100 NVL", ("h100 nvl",), 835.5, 417.5, 60.0, "NVIDIA H100 datasheet"),
+    # H100 SXM5 (device_kind "NVIDIA H100 80GB HBM3"): BF16 1,979 / TF32 989 sparse, FP32 67;
+    # 989.4 / 494.7 / 66.9 are the dense figures at the 1,830 MHz boost clock (132 SMs).
+    Datasheet("NVIDIA H100 SXM5", ("h100",), 989.4, 494.7, 66.9, "NVIDIA H100 datasheet"),
+    # NVIDIA H200 datasheet (2024): H200 NVL BF16 1,671 / TF32 835 sparse, FP32 60.
+    Datasheet("NVIDIA H200 NVL", ("h200 nvl",), 835.5, 417.5, 60.0, "NVIDIA H200 datasheet"),
+    # H200 SXM: the H100 SXM5 compute die with more HBM (BF16 1,979 / TF32 989 sparse, FP32 67).
+    Datasheet("NVIDIA H200 SXM", ("h200",), 989.4, 494.7, 66.9, "NVIDIA H200 datasheet"),
+    # NVIDIA A100 Tensor Core GPU datasheet (2021), SXM4 and PCIe alike: BF16 312, TF32 156,
+    # FP32 19.5 (dense).
+    Datasheet("NVIDIA A100", ("a100",), 312.0, 156.0, 19.5, "NVIDIA A100 datasheet"),
+    # Google Cloud TPU system architecture pages (cloud.google.com/tpu/docs/v4, v5e, v5p, v6e):
+    # peak bf16 compute per chip. device_kind: "TPU v4", "TPU v5 lite", "TPU v5"/"TPU v5p",
+    # "TPU v6 lite". "TPU v4 lite" (v4i, inference only) is deliberately absent.
+    Datasheet("TPU v5e", ("tpu v5 lite", "tpu v5e"), 197.0, None, None, "Google Cloud TPU v5e"),
+    Datasheet("TPU v5p", ("tpu v5p", "tpu v5"), 459.0, None, None, "Google Cloud TPU v5p"),
+    Datasheet("TPU v6e", ("tpu v6 lite", "tpu v6e"), 918.0, None, None, "Google Cloud TPU v6e"),
+    Datasheet("TPU v4", ("tpu v4",), 275.0, None, None, "Google Cloud TPU v4"),
+)
+
+_TRUE_F32 = ("highest", "float32", "f32_f32_f32")
+
+
+def datasheet_for(device_kind: str) -> Datasheet | None:
+    """The datasheet entry whose substring occurs in `device_kind`, or None."""
+    kind = device_kind.lower()
+    if "v4 lite" in kind:
+        return None
+    for sheet in DATASHEETS:
+        if any(k in kind for k in sheet.kinds):
+            return sheet
+    return None
+
+
+def _datasheet_peak(sheet: Datasheet, dtype: str) -> tuple[float | None, str]:
+    if dtype == "bfloat16":
+        return sheet.bf16, f"{sheet.name}, bf16, dense ({sheet.source})"
+    precision = str(jax.config.jax_default_matmul_precision or "default").lower()
+    if precision in _TRUE_F32:
+        if sheet.fp32 is None:
+            return None, f"{sheet.name}: no datasheet figure for true float32"
+        return sheet.fp32, f"{sheet.name}, fp32 at precision {precision!r} ({sheet.source})"
+    if sheet.tf32 is not None:
+        return sheet.tf32, f"{sheet.name}, tf32 dense: float32 default precision ({sheet.source})"
+    return sheet.bf16, f"{sheet.name}, bf16: float32 default precision ({sheet.source})"
+
+
+@functools.cache
+def measured_matmul_tflops(dtype: str, device: jax.Device) -> tuple[float, str]:
+    """Best TFLOP/s of a square matmul on `device`, measured once per process, device and dtype.
+
+    The size doubles from 512 until the best of three runs takes at least 50 ms (or 8192 is
+    reached), so slow devices are not stuck for seconds and fast ones are not timing noise.
+    Returns:
+      (TFLOP/s, a description of what was run).
+    """
+    matmul = jax.jit(lambda a, b: a @ b)
+    n = 512
+    while True:
+        a = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype)), device)
+        matmul(a, a).block_until_ready()  # compile and warm up
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            matmul(a, a).block_until_ready()
+            best = min(best, time.perf_counter() - start)
+        if best >= 0.05 or n >= 8192:
+            break
+        n *= 2
+    return 2 * n**3 / best / 1e12, f"{n}x{n}x{n} {dtype} matmul, best of 3"
+
+
+def peak_tflops(device: jax.Device, dtype: str) -> tuple[float | None, str, str]:
+    """Peak TFLOP/s of one `device` for matmuls in `dtype` ("float32" or "bfloat16").
+
+    Returns:
+      (peak or None, peak_source "datasheet" | "measured-matmul" | "unknown", peak_basis: what
+      the figure is).
+    """
+    sheet = datasheet_for(device.device_kind)
+    if sheet is not None:
+        peak, basis = _datasheet_peak(sheet, dtype)
+        return peak, ("datasheet" if peak is not None else "unknown"), basis
+    peak, basis = measured_matmul_tflops(dtype, device)
+    return peak, "measured-matmul", f"{device.device_kind}: {basis}"

@@ -1,0 +1,196 @@
+"""Result files: pytest-benchmark JSON with archbench's marker, written atomically, flattened.
+
+A results file is exactly what `pytest --benchmark-json` writes (machine_info, commit_info,
+benchmarks, datetime, version) plus a top-level marker {"archbench": {"schema": 1, ...}}.
+Each entry of `benchmarks` is one cell: pytest-benchmark's own row (name, fullname, params,
+param, stats, options) with archbench's metrics in `extra_info`. A cell that failed (OOM, an
+error while compiling) has `"stats": null` and extra_info {"status": "oom"|"error", "error": ...}.
+
+The matrix rewrites the whole file after every cell (tmp file + os.replace), so a killed run
+loses at most the cell in flight; `load_results` refuses anything that is not such a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from archs import UserError
+
+SCHEMA = 1
+MARKER = "archbench"
+
+# The columns every flat row has, in this order; extra_info keys beyond these follow them.
+FLAT_COLUMNS = [
+    "arch",
+    "size",
+    "mode",
+    "batch",
+    "dtype",
+    "devices",
+    "seq_len",
+    "status",
+    "params",
+    "flops_per_step",
+    "step_time_s",
+    "step_time_iqr_s",
+    "samples_per_s",
+    "tokens_per_s",
+    "tflops_per_s",
+    "mfu",
+    "lower_s",
+    "compile_s",
+    "compiled_bytes",
+    "peak_bytes",
+    "backend",
+    "device_kind",
+    "error",
+    "cell_id",
+    "source",
+]
+CELL_KEYS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len")
+
+
+def marker(**fields) -> dict:
+    """The top-level marker that makes a pytest-benchmark JSON file an archbench results file."""
+    return {"schema": SCHEMA, **fields}
+
+
+def is_ok(row: dict) -> bool:
+    """Whether a benchmarks[] row is a measured cell (status ok, with timing stats)."""
+    return (row.get("extra_info") or {}).get("status") == "ok" and bool(row.get("stats"))
+
+
+def load_results(path: str | os.PathLike) -> dict:
+    """Read and check one archbench results file.
+
+    Args:
+      path: the file.
+    Returns:
+      The parsed document (a dict with machine_info, benchmarks, archbench, ...).
+    Raises:
+      UserError naming the file when it is missing, empty, not JSON, not an archbench
+      results file, of a newer schema than this archbench reads, or malformed.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such results file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a results file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read results file ({e})") from None
+    if not text.strip():
+        raise UserError(f"{path}: results file is empty")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not JSON ({e}); is it a truncated or foreign file?") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get(MARKER), dict):
+        raise UserError(f"{path}: not an archbench results file (no {MARKER!r} marker)")
+    schema = doc[MARKER].get("schema")
+    if not isinstance(schema, int):
+        raise UserError(f"{path}: corrupt archbench marker (schema {schema!r})")
+    if schema > SCHEMA:
+        raise UserError(
+            f"{path}: results schema {schema} is newer than this archbench reads "
+            f"(up to {SCHEMA}); upgrade archbench"
+        )
+    benchmarks = doc.get("benchmarks")
+    if not isinstance(benchmarks, list) or not all(isinstance(b, dict) for b in benchmarks):
+        raise UserError(f"{path}: corrupt results file ('benchmarks' is not a list of objects)")
+    if not isinstance(doc.get("machine_info", {}), dict):
+        raise UserError(f"{path}: corrupt results file ('machine_info' is not an object)")
+    return doc
+
+
+def check_out_file(path: str | os.PathLike) -> dict | None:
+    """The results already in `path` (None if it does not exist), or UserError if it holds
+    anything else: a file that is not archbench's is never overwritten."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return load_results(path)
+    except UserError as e:
+        raise UserError(f"{e}; refusing to overwrite it, choose another --out") from None
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace `path` with `text` in one step: a reader sees the old file or the new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dump_results(doc: dict) -> str:
+    """The JSON text of a results document, as pytest-benchmark formats it (indent 4)."""
+    return json.dumps(doc, indent=4, ensure_ascii=True, default=str) + "\n"
+
+
+def flatten(row: dict, machine_info: dict, source: str) -> dict:
+    """One flat dict for a benchmarks[] row: the cell, its metrics, the device, the file."""
+    info = row.get("extra_info") or {}
+    params = row.get("params") or {}
+    flat = {key: None for key in FLAT_COLUMNS}
+    for key in CELL_KEYS:  # extra_info has the resolved cell; params what was asked
+        flat[key] = info.get(key, params.get(key))
+    flat.update(info)
+    flat["status"] = info.get("status") or ("ok" if row.get("stats") else "error")
+    flat["cell_id"] = info.get("cell_id") or row.get("param")
+    flat["backend"] = info.get("backend") or machine_info.get("backend")
+    flat["device_kind"] = info.get("device_kind") or machine_info.get("device_kind")
+    flat["source"] = source
+    return flat
+
+
+def flat_rows(paths) -> list[dict]:
+    """One flat row per cell of every file in `paths`, in file order.
+
+    Args:
+      paths: result files; each is checked by `load_results`.
+    Returns:
+      Dicts with every key of FLAT_COLUMNS (None where unknown) and any further metrics.
+    """
+    rows = []
+    for path in paths:
+        doc = load_results(path)
+        machine_info = doc.get("machine_info") or {}
+        rows.extend(flatten(b, machine_info, str(path)) for b in doc["benchmarks"])
+    return rows
+
+
+def columns(rows: list[dict]) -> list[str]:
+    """FLAT_COLUMNS, then every other key that appears in `rows`, in first-seen order."""
+    extra = {}
+    for row in rows:
+        extra.update(dict.fromkeys(k for k in row if k not in FLAT_COLUMNS))
+    return [*FLAT_COLUMNS, *extra]
+
+
+def to_csv(rows: list[dict]) -> str:
+    """CSV text with a header of `columns(rows)`; None is an empty field."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns(rows), restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+def to_json(rows: list[dict]) -> str:
+    return json.dumps(rows, indent=1, default=str) + "\n"

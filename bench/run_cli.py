@@ -1,0 +1,163 @@
+"""`archbench run`: check the filters and the results file, then run the matrix under pytest.
+
+Everything a user can get wrong is checked here, before pytest starts and before the results
+file is touched; the matrix itself (bench/test_matrix.py) runs in this process through
+`pytest.main`, with a progress bar on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from archs import UserError
+from bench import results
+
+RESULTS_DIR = Path("results")
+FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    f = p.add_argument_group("filters (comma lists; default: the main job)")
+    f.add_argument("--arch", help="architectures, wildcards allowed (default: all)")
+    f.add_argument("--size", help="sizes (default: small)")
+    f.add_argument("--mode", help="train, infer (default: both)")
+    f.add_argument("--batch", help="batch sizes, or 'auto' for the largest that fits (default: 32)")
+    f.add_argument("--dtype", help="compute dtypes, e.g. float32,bfloat16 (default: float32)")
+    f.add_argument("--devices", help="device counts, data parallel (default: 1)")
+    f.add_argument("--seq-len", dest="seq_len", help="sequence lengths (default: the model's)")
+    p.add_argument(
+        "--out",
+        help=f"results file (default: {RESULTS_DIR}/<backend>-<date>-<time>.json; "
+        "with --resume, the newest one of this backend)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the cells already in --out; run only those missing or failed",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--target-s",
+        type=float,
+        help="seconds of timed rounds per cell (default: 1.5)",
+    )
+
+
+def device_slug(info: dict) -> str:
+    """'cpu', or the backend and device kind: 'gpu-nvidia-h100-80gb-hbm3'."""
+    backend = str(info.get("backend", "unknown"))
+    kind = re.sub(r"[^a-z0-9]+", "-", str(info.get("device_kind", "")).lower()).strip("-")
+    return backend if kind in ("", backend) else f"{backend}-{kind}"
+
+
+def resolve_out(out: str | None, resume: bool, info: dict) -> Path:
+    """The results file: --out, else the newest of this device's files when resuming, else a
+    new name under results/."""
+    if out:
+        return Path(out)
+    slug = device_slug(info)
+    if resume:
+        mine = sorted(RESULTS_DIR.glob(f"{slug}-[0-9]*.json"), key=lambda p: p.stat().st_mtime)
+        if mine:
+            return mine[-1]
+    return RESULTS_DIR / f"{slug}-{datetime.now():%Y%m%d-%H%M%S}.json"
+
+
+def check_out(path: Path, resume: bool, overwrite: bool, info: dict) -> dict | None:
+    """The results already in `path`, after checking that this run may write it."""
+    existing = results.check_out_file(path)  # not archbench's: UserError, left untouched
+    if existing is None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {path}: cannot create its folder ({e.strerror})") from None
+        if not os.access(path.parent, os.W_OK):
+            raise UserError(f"--out {path}: its folder is not writable")
+        return None
+    if not resume and not overwrite:
+        raise UserError(
+            f"{path} already holds {len(existing['benchmarks'])} cell(s); "
+            "pass --resume to add to it, --overwrite to replace it, or another --out"
+        )
+    if resume:
+        old = existing.get("machine_info", {})
+        for key in ("backend", "device_kind"):
+            if old.get(key) not in (None, info.get(key)):
+                raise UserError(
+                    f"{path} was measured on {old.get(key)!r}, this machine is "
+                    f"{info.get(key)!r}; resume it there or choose another --out"
+                )
+    return existing
+
+
+def pytest_args(args, out: Path) -> list[str]:
+    """The command line of the matrix: the suite, isolated from the project's pytest setup."""
+    suite = Path(__file__).with_name("test_matrix.py")
+    argv = [
+        str(suite),
+        "-o",
+        "addopts=",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:terminal",
+        "--benchmark-enable",
+        "--archbench-progress",
+        "--archbench-out",
+        str(out),
+    ]
+    for name in FILTERS:
+        value = getattr(args, name)
+        if value is not None:
+            argv.append(f"--{name.replace('_', '-')}={value}")
+    if args.target_s is not None:
+        argv.append(f"--target-s={args.target_s}")
+    if args.resume:
+        argv.append("--archbench-resume")
+    return argv
+
+
+def summary(path: Path) -> tuple[str, int]:
+    """One line on what `path` holds, and the exit status: 1 if any cell failed."""
+    rows = results.flat_rows([path])
+    failed = [r for r in rows if r["status"] != "ok"]
+    line = f"archbench: {len(rows)} cell(s) in {path}: {len(rows) - len(failed)} ok"
+    if failed:
+        named = [f"{r['cell_id']} ({r['status']})" for r in failed[:5]]
+        line += f", {len(failed)} failed: " + ", ".join(named) + (", ..." if failed[5:] else "")
+    return line, 1 if failed else 0
+
+
+def run(args) -> int:
+    import pytest
+
+    from bench import matrix, measure
+
+    if args.target_s is not None and not args.target_s > 0:
+        raise UserError(f"--target-s {args.target_s}: must be positive")
+    requests = matrix.select(**{name: getattr(args, name) for name in FILTERS})
+    info = measure.device_info()
+    out = resolve_out(args.out, args.resume, info)
+    check_out(out, args.resume, args.overwrite, info)
+    print(
+        f"archbench: {len(requests)} cell(s) on {device_slug(info)} -> {out}",
+        file=sys.stderr,
+    )
+    code = pytest.main(pytest_args(args, out))
+    if code == pytest.ExitCode.INTERRUPTED:
+        print(f"archbench: interrupted; finished cells are in {out} (--resume)", file=sys.stderr)
+        return 130
+    if code == pytest.ExitCode.NO_TESTS_COLLECTED and out.exists():
+        print(f"archbench: every selected cell is already in {out}", file=sys.stderr)
+    elif code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        raise UserError(f"the matrix did not run (pytest exit status {int(code)})")
+    if not out.exists():
+        raise UserError(f"no cell was measured; {out} not written")
+    line, status = summary(out)
+    print(line, file=sys.stderr)
+    return 1 if code == pytest.ExitCode.TESTS_FAILED else status

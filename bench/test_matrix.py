@@ -1,0 +1,20 @@
+"""The benchmark matrix: one pytest-benchmark test per cell.
+
+`archbench run` is the front door. Directly:
+    pytest bench/test_matrix.py --benchmark-enable --arch mlp,lenet5 --size tiny \
+        --archbench-out results.json
+A cell that fails to build, compile or run (OOM, an error) is recorded in the results with
+its status and message, then skipped, so the matrix goes on.
+"""
+
+import pytest
+
+from bench.matrix import CellRequest, measure_request
+
+
+def test_cell(arch, size, mode, batch, dtype, devices, seq_len, benchmark, matrix_session):
+    request = CellRequest(arch, size, mode, batch, dtype, devices, seq_len)
+    info = measure_request(benchmark, request, matrix_session.target_s)
+    matrix_session.record(benchmark, info)
+    if info["status"] != "ok":
+        pytest.skip(f"{info['cell_id']}: {info['status']}: {info.get('error')}")

@@ -1,0 +1,421 @@
+"""The measurement core: result keys, failures, validation, FLOPs against analytic counts, devices.
+
+No assertion here is about speed: timings on a shared machine are noise. Budgets are tiny.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+import archs
+from archs.registry import ArchSpec, InputSpec, Size
+from bench import analysis, check_harness, measure, peaks
+from bench.measure import Cell
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"target_s": 0.2, "min_round_s": 0.01, "warmup": 1}
+
+
+@pytest.fixture(scope="module", params=["train", "infer"])
+def tiny_result(request):
+    cell = Cell("mlp", "tiny", request.param, 8, "float32")
+    return cell, measure.measure_cell(cell, **FAST)
+
+
+def test_measured_cell_has_every_key_with_sane_values(tiny_result):
+    cell, r = tiny_result
+    assert tuple(r) == measure.RESULT_KEYS
+    json.dumps(r)  # flat and serialisable
+    assert r["status"] == "ok" and r["error"] is None
+    assert (r["cell_id"], r["arch"], r["mode"], r["batch"]) == (cell.id, "mlp", cell.mode, 8)
+    assert r["params"] == archs.param_count("mlp", "tiny")
+    assert r["family"] == "MLP" and r["task"] == "classify" and r["input"] == "image 28x28x1"
+    assert r["optimizer"] == ("adamw" if cell.mode == "train" else None)
+    for key in ("step_time_s", "step_time_iqr_s", "step_time_min_s", "lower_s", "compile_s"):
+        assert isinstance(r[key], float) and r[key] >= 0, key
+    assert r["step_time_min_s"] <= r["step_time_s"]
+    assert 5 <= r["rounds"] <= 50 and r["steps_per_round"] >= 1
+    assert r["samples_per_s"] == pytest.approx(8 / r["step_time_s"])
+    assert r["tokens_per_s"] is None and r["tokens_per_example"] is None  # images
+    assert r["flops_per_step"] > 0 and r["bytes_per_step"] > 0 and r["flops_source"] == "xla"
+    assert r["tflops_per_s"] == pytest.approx(r["flops_per_step"] / r["step_time_s"] / 1e12)
+    assert r["peak_source"] == "measured-matmul" and r["peak_tflops"] > 0  # CPU: no datasheet
+    assert r["mfu"] == pytest.approx(r["tflops_per_s"] / r["peak_tflops"])
+    assert r["compile_cache"] == "disabled"
+    memory = r["argument_bytes"] + r["output_bytes"] + r["temp_bytes"] - r["alias_bytes"]
+    assert r["compiled_bytes"] == memory > 0
+    if cell.mode == "train":  # the donated state aliases the new one
+        assert r["alias_bytes"] > 0
+    assert r["peak_bytes"] is None and r["peak_bytes_source"] == "host-rss"
+    assert r["host_peak_rss_bytes"] > 0 and isinstance(r["peak_bytes_set_by_cell"], bool)
+    assert r["batch_sharding"] == "P('data',)" and r["batch_per_device"] == 8
+
+
+@pytest.fixture(scope="module")
+def lstm_infer():
+    """LSTM small over 8 steps (a short sequence keeps the unrolled lowering cheap)."""
+    cell = Cell("lstm", "small", "infer", 16, "float32", seq_len=8)
+    return cell, measure.prepare(cell)
+
+
+def test_summarize_turns_round_times_into_step_statistics(lstm_infer):
+    cell, prepared = lstm_infer
+    prepared.steps_per_round = 2
+    r = measure.summarize(cell, prepared, [0.4, 0.2, 0.6, 0.8, 1.0])  # steps 0.1 .. 0.5 s
+    assert tuple(r) == measure.RESULT_KEYS
+    assert r["step_time_s"] == pytest.approx(0.3)
+    assert r["step_time_iqr_s"] == pytest.approx(0.2)
+    assert r["step_time_min_s"] == pytest.approx(0.1)
+    assert r["rounds"] == 5 and r["steps_per_round"] == 2
+    assert r["seq_len"] == 8 and r["tokens_per_example"] == 8 and r["input"] == "sequence 8x28"
+    assert r["tokens_per_s"] == pytest.approx(16 * 8 / 0.3)
+    assert r["flops_source"] == "xla-unrolled"
+
+
+def test_prepared_run_round_runs_steps_per_round_train_steps():
+    prepared = measure.prepare(Cell("mlp", "tiny", "train", 4, "float32"))
+    assert prepared.calibrate(min_round_s=0.0, warmup=2) == 1
+    prepared.steps_per_round = 3
+    prepared.run_round()
+    assert int(prepared.state.step) == 2 + 1 + 3  # warm-up, calibration, round
+
+
+# ---- failures ---------------------------------------------------------------------------------
+
+
+class Broken(nn.Module):
+    """A model that raises when called."""
+
+    message: str = "boom"
+    num_classes: int = 10
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        raise RuntimeError(self.message)
+
+
+@pytest.fixture
+def broken(monkeypatch):
+    def register(message):
+        size = Size({"message": message}, InputSpec("image", (4, 4, 1)))
+        spec = ArchSpec("broken", "Broken", Broken, "classify", {"tiny": size, "small": size})
+        monkeypatch.setitem(archs.registry._REGISTRY, "broken", spec)
+
+    return register
+
+
+@pytest.mark.parametrize(
+    "message, status",
+    [
+        ("shape mismatch\nsecond line", "error"),
+        ("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 17179869184 bytes.", "oom"),
+    ],
+)
+def test_failing_model_gives_a_status_not_an_exception(broken, message, status):
+    broken(message)
+    r = measure.measure_cell(Cell("broken", "tiny", "train", 2, "float32"), **FAST)
+    assert tuple(r) == measure.RESULT_KEYS
+    assert r["status"] == status
+    assert r["error"].startswith("RuntimeError: ") and "\n" not in r["error"]
+    assert r["step_time_s"] is None and r["arch"] == "broken" and r["params"] is None
+
+
+@pytest.mark.parametrize(
+    "exc, oom",
+    [
+        (RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1.5GiB on device"), True),
+        (RuntimeError("INTERNAL: Failed to allocate: resource exhausted"), True),
+        (RuntimeError("CUDA_ERROR_OUT_OF_MEMORY: out of memory"), True),
+        (MemoryError(), True),
+        (ValueError("INVALID_ARGUMENT: shapes (3,) and (4,)"), False),
+    ],
+)
+def test_oom_is_classified_from_the_exception(exc, oom):
+    assert measure.is_oom(exc) is oom
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cell, words",
+    [
+        (Cell("nope", "tiny", "train", 8, "float32"), ["architecture", "mlp"]),
+        (Cell("mlp", "huge", "train", 8, "float32"), ["size", "tiny", "small"]),
+        (Cell("mlp", "tiny", "eval", 8, "float32"), ["mode", "train", "infer"]),
+        (Cell("mlp", "tiny", "train", 8, "float64"), ["dtype", "float32", "bfloat16"]),
+        (Cell("mlp", "tiny", "train", 0, "float32"), ["batch", "positive"]),
+        (Cell("mlp", "tiny", "train", -4, "float32"), ["batch", "positive"]),
+        (Cell("mlp", "tiny", "train", 8, "float32", devices=0), ["devices"]),
+        (Cell("mlp", "tiny", "train", 8, "float32", devices=10_000), ["devices", "XLA_FLAGS"]),
+        (Cell("mlp", "tiny", "train", 8, "float32", seq_len=16), ["seq_len", "image"]),
+        (Cell("lstm", "tiny", "train", 8, "float32", seq_len=0), ["seq_len", "positive"]),
+    ],
+)
+def test_validate_rejects_bad_cells_in_one_line(cell, words):
+    with pytest.raises(archs.UserError) as info:
+        measure.validate(cell)
+    message = str(info.value)
+    assert "\n" not in message and all(w in message for w in words), message
+    with pytest.raises(archs.UserError):  # measure_cell raises user errors before measuring
+        measure.measure_cell(cell)
+
+
+def test_validate_rejects_a_batch_that_devices_do_not_divide(monkeypatch):
+    monkeypatch.setattr(jax, "devices", lambda *a: ["d0", "d1", "d2", "d3"])
+    with pytest.raises(archs.UserError, match="not divisible by devices 4"):
+        measure.validate(Cell("mlp", "tiny", "train", 6, "float32", devices=4))
+
+
+def test_cell_id_is_stable_and_parses_back():
+    cell = Cell("lstm", "small", "infer", 32, "bfloat16", devices=2, seq_len=256)
+    assert cell.id == "lstm-small-infer-b32-bfloat16-d2-t256"
+    assert Cell("mlp", "small", "train", 32, "float32").id == "mlp-small-train-b32-float32-d1"
+    assert measure.from_id(cell.id) == cell
+    assert measure.from_id("mlp-small-train-b32-float32") == Cell(
+        "mlp", "small", "train", 32, "float32"
+    )
+    for bad in ("mlp-small-train", "mlp-small-train-32-float32", "mlp-small-train-b32-float32-x1"):
+        with pytest.raises(archs.UserError, match="expected ARCH-SIZE-MODE"):
+            measure.from_id(bad)
+
+
+# ---- FLOPs against analytic counts ------------------------------------------------------------
+
+
+def flops(cell: Cell) -> tuple[float, measure.Prepared]:
+    prepared = measure.prepare(cell)
+    return prepared.facts["flops_per_step"], prepared
+
+
+def test_lenet5_forward_flops_match_its_multiply_adds():
+    batch = 16
+    macs = (
+        28 * 28 * 6 * (5 * 5 * 1)  # C1
+        + 10 * 10 * 16 * (5 * 5 * 6)  # C3
+        + 120 * (5 * 5 * 16)  # C5
+        + 120 * 84  # F6
+        + 84 * 10  # output
+    )
+    counted, _ = flops(Cell("lenet5", "small", "infer", batch, "float32"))
+    assert counted == pytest.approx(2 * batch * macs, rel=0.10)
+
+
+def test_mlp_flops_match_forward_and_backward_matmuls():
+    batch, layers = 128, [(784, 512), (512, 512), (512, 10)]
+    forward = 2 * batch * sum(i * o for i, o in layers)
+    # Backward: weight gradients for every layer, input gradients for all but the first.
+    backward = forward + 2 * batch * sum(i * o for i, o in layers[1:])
+    infer, _ = flops(Cell("mlp", "small", "infer", batch, "float32"))
+    train, _ = flops(Cell("mlp", "small", "train", batch, "float32"))
+    assert infer == pytest.approx(forward, rel=0.10)
+    assert train == pytest.approx(forward + backward, rel=0.10)
+
+
+def lstm_flops(batch, steps, mode):
+    spec = archs.get("lstm")
+    features = spec.size("small").input.shape[1]
+    (hidden,) = spec.size("small").config["hidden"]
+    gates = 4 * hidden
+    if mode == "infer":  # x W and h U of every step
+        return 2 * batch * steps * gates * (features + hidden)
+    # forward, weight gradients of W and U, input gradient through U only
+    return 2 * batch * steps * gates * (2 * features + 3 * hidden)
+
+
+def test_lstm_forward_flops_count_every_time_step(lstm_infer):
+    cell, prepared = lstm_infer
+    counted = prepared.facts["flops_per_step"]
+    assert prepared.facts["flops_source"] == "xla-unrolled"
+    assert counted == pytest.approx(lstm_flops(cell.batch, cell.seq_len, "infer"), rel=0.10)
+    rolled, _ = analysis.cost(prepared.compiled)  # XLA alone counts the scan body once
+    assert rolled < 0.5 * counted
+
+
+def test_lstm_train_flops_count_every_time_step_of_both_scans():
+    counted, prepared = flops(Cell("lstm", "small", "train", 16, "float32", seq_len=8))
+    assert prepared.facts["flops_source"] == "xla-unrolled"
+    assert counted == pytest.approx(lstm_flops(16, 8, "train"), rel=0.10)
+
+
+def test_loops_of_matmuls_are_flagged_unless_unrolled():
+    w = jnp.ones((4, 4))
+
+    def scan(unroll):
+        step = lambda h, _: (jnp.tanh(h @ w), None)  # noqa: E731
+        return jax.make_jaxpr(lambda h: jax.lax.scan(step, h, length=6, unroll=unroll)[0])(w)
+
+    assert analysis.loop_undercount(scan(1))
+    assert analysis.loop_undercount(jax.make_jaxpr(jax.grad(lambda h: scan_sum(h, w)))(w))
+    assert not analysis.loop_undercount(scan(6))
+    no_matmul = jax.make_jaxpr(lambda x: jax.lax.fori_loop(0, 5, lambda i, x: x * 2.0, x))(w)
+    assert not analysis.loop_undercount(no_matmul)
+    assert not analysis.loop_undercount(jax.make_jaxpr(lambda x: x @ x)(w))
+
+
+def scan_sum(h, w):
+    return jax.lax.scan(lambda h, _: (jnp.sin(h @ w), None), h, length=3)[0].sum()
+
+
+def test_gpt_forward_flops_match_transformer_layer_counts():
+    spec = archs.get("gpt")
+    c = spec.size("small").config
+    layers, width, mlp, vocab = c["num_layers"], c["width"], c["mlp_dim"], c["vocab_size"]
+    batch, steps = 2, spec.size("small").input.shape[0]
+    per_token = (
+        layers
+        * (
+            2 * 4 * width * width  # q, k, v and output projections
+            + 2 * 2 * width * mlp  # the two MLP matmuls
+            + 2 * 2 * steps * width  # q k^T and attention @ v over all T positions
+        )
+        + 2 * width * vocab
+    )  # tied output projection
+    counted, prepared = flops(Cell("gpt", "small", "infer", batch, "float32"))
+    assert prepared.facts["flops_source"] == "xla"
+    assert counted == pytest.approx(batch * steps * per_token, rel=0.10)
+
+
+# ---- batch search, scaling, peaks, machine ----------------------------------------------------
+
+
+class _FakePrepared:
+    def step(self):
+        return jnp.zeros(())
+
+
+@pytest.mark.parametrize(
+    "fails_at, failure, start, limit, expected",
+    [
+        (128, "RESOURCE_EXHAUSTED: out of memory", 1, 4096, 64),
+        (128, "RESOURCE_EXHAUSTED: out of memory", 512, 4096, 64),  # backs off
+        (128, "RESOURCE_EXHAUSTED: out of memory", 1, 16, 16),
+        (8, "INVALID_ARGUMENT: broken", 1, 4096, 4),  # stops at a non-memory error
+        (8, "INVALID_ARGUMENT: broken", 32, 4096, 32),
+    ],
+)
+def test_find_max_batch_doubles_and_backs_off(
+    monkeypatch, fails_at, failure, start, limit, expected
+):
+    def fake_prepare(cell):
+        if cell.batch >= fails_at:
+            raise RuntimeError(failure)
+        return _FakePrepared()
+
+    monkeypatch.setattr(measure, "prepare", fake_prepare)
+    cell = Cell("mlp", "tiny", "train", 1, "float32")
+    assert measure.find_max_batch(cell, start=start, limit=limit) == expected
+
+
+def test_scaling_efficiency_strong_and_weak():
+    assert measure.scaling_efficiency(1.0, 0.25, 4, same_global_batch=True) == pytest.approx(1.0)
+    assert measure.scaling_efficiency(1.0, 0.5, 4, same_global_batch=True) == pytest.approx(0.5)
+    assert measure.scaling_efficiency(1.0, 1.25, 4, same_global_batch=False) == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize(
+    "kind, name",
+    [
+        ("NVIDIA H100 80GB HBM3", "NVIDIA H100 SXM5"),
+        ("NVIDIA H100 PCIe", "NVIDIA H100 PCIe"),
+        ("NVIDIA H200", "NVIDIA H200 SXM"),
+        ("NVIDIA A100-SXM4-80GB", "NVIDIA A100"),
+        ("TPU v4", "TPU v4"),
+        ("TPU v5 lite", "TPU v5e"),
+        ("TPU v5", "TPU v5p"),
+        ("TPU v6 lite", "TPU v6e"),
+        ("TPU v4 lite", None),
+        ("cpu", None),
+    ],
+)
+def test_datasheet_lookup_by_device_kind(kind, name):
+    sheet = peaks.datasheet_for(kind)
+    assert (sheet.name if sheet else None) == name
+
+
+def test_datasheet_float32_peak_follows_matmul_precision():
+    h100 = peaks.datasheet_for("NVIDIA H100 80GB HBM3")
+    assert peaks._datasheet_peak(h100, "bfloat16")[0] == 989.4
+    assert peaks._datasheet_peak(h100, "float32")[0] == 494.7  # TF32 by default
+    with jax.default_matmul_precision("highest"):
+        assert peaks._datasheet_peak(h100, "float32")[0] == 66.9
+    assert peaks._datasheet_peak(peaks.datasheet_for("TPU v5 lite"), "float32")[0] == 197.0
+
+
+def test_device_info_describes_the_machine():
+    info = measure.device_info()
+    assert info["backend"] == jax.default_backend() and info["device_count"] >= 1
+    assert info["process_count"] == 1 and info["jax"] == jax.__version__
+    assert {"jaxlib", "flax", "optax", "cpu", "device_kind"} <= set(info)
+
+
+def test_check_harness_rejects_bad_cells(capsys):
+    assert check_harness.main(["--cells", "mlp-tiny-eval-b8-float32"]) == 2
+    assert check_harness.main(["--cells", "mlp-tiny"]) == 2
+    assert capsys.readouterr().err.count("check_harness: error:") == 2
+
+
+# ---- several devices --------------------------------------------------------------------------
+
+MULTI_DEVICE = textwrap.dedent(
+    """
+    import json, jax, numpy as np
+    from bench.measure import Cell, prepare, summarize, time_rounds
+    one, eight = (Cell("mlp", "tiny", "train", 32, "float32", devices=d) for d in (1, 8))
+    p1, p8 = prepare(one), prepare(eight)
+    x = p8.inputs["x"]
+    m1, m8 = p1.step(), p8.step()  # one step each from the same state and batch
+    # Adam's first update is about lr * sign(g): gradients near 0 summed in another order may
+    # move a weight differently, by a small fraction of lr = 1e-3.
+    out = {
+        "devices": len(jax.devices()),
+        "shard_devices": sorted(s.device.id for s in x.addressable_shards),
+        "shard_shapes": sorted({s.data.shape for s in x.addressable_shards}),
+        "params_replicated": all(
+            p.sharding.is_fully_replicated for p in jax.tree.leaves(p8.state.params)),
+        "metrics": {k: [float(m1[k]), float(m8[k])] for k in m1},
+        "params_close": all(np.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(
+            jax.tree.leaves(p1.state.params), jax.tree.leaves(p8.state.params))),
+    }
+    for cell, prepared in ((one, p1), (eight, p8)):  # measure_cell's steps on these cells
+        prepared.calibrate(min_round_s=0.005, warmup=1)
+        times = time_rounds(prepared, rounds=5)
+        out.setdefault("results", []).append(summarize(cell, prepared, times))
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.slow
+def test_data_parallel_step_matches_one_device_on_eight_cpu_devices():
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", MULTI_DEVICE], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 8
+    assert out["shard_devices"] == list(range(8)) and out["shard_shapes"] == [[4, 28, 28, 1]]
+    assert out["params_replicated"] and out["params_close"]
+    for name, (single, parallel) in out["metrics"].items():
+        assert parallel == pytest.approx(single, rel=1e-5, abs=1e-6), name
+    r1, r8 = out["results"]
+    assert r1["status"] == r8["status"] == "ok", (r1["error"], r8["error"])
+    assert r8["devices"] == 8 and r8["batch_per_device"] == 4
+    assert r8["flops_per_step"] == pytest.approx(r1["flops_per_step"], rel=0.01)  # global count
+    assert math.isfinite(measure.scaling_efficiency(r1["step_time_s"], r8["step_time_s"], 8, True))
