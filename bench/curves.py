@@ -1,0 +1,197 @@
+"""Training curves for the report: runs/<recipe>/metrics.jsonl against the recipe's band.
+
+The fit loop writes one JSON line per logged step and per epoch:
+{step, epoch, split ("train"|"test"), loss, accuracy, lr, examples_per_s, wall_s}.
+The expected band comes from train.recipes, imported lazily: without it (or for a run whose
+directory is not a recipe's name) the curves are drawn without a band.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from archs import UserError
+from bench import units
+from bench.tables import Cell, Table, num
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class Band:
+    """The final test metric a recipe must reach: metric ('accuracy'|'bits_per_char'), lo, hi."""
+
+    metric: str
+    lo: float
+    hi: float
+    source: str
+
+
+@dataclass
+class TrainingRun:
+    """One run directory's metrics, and its recipe's band where known."""
+
+    name: str
+    path: Path
+    records: list[dict]
+    band: Band | None
+
+    def split(self, split: str) -> list[dict]:
+        return [r for r in self.records if r.get("split") == split]
+
+    def final_test(self) -> float | None:
+        """The last test record's value of the band's metric (accuracy without a band)."""
+        tests = self.split("test")
+        return (
+            metric_value(tests[-1], self.band.metric if self.band else "accuracy")
+            if tests
+            else None
+        )
+
+
+def metric_value(record: dict, metric: str) -> float | None:
+    if metric == "bits_per_char":
+        loss = record.get("loss")
+        return loss / math.log(2) if isinstance(loss, int | float) else None
+    v = record.get(metric)
+    return v if isinstance(v, int | float) else None
+
+
+def find_run_dirs(paths) -> list[Path]:
+    """Each path is a run directory (holding metrics.jsonl) or a parent of run directories."""
+    found = []
+    for p in map(Path, paths):
+        if (p / METRICS_FILE).is_file():
+            mine = [p]
+        elif p.is_dir():
+            mine = sorted(d.parent for d in p.glob(f"*/{METRICS_FILE}"))
+        else:
+            raise UserError(f"{p}: no such run directory")
+        if not mine:
+            raise UserError(f"{p}: no {METRICS_FILE} in it or in its subdirectories")
+        found.extend(mine)
+    return list(dict.fromkeys(found))
+
+
+def expected_band(name: str) -> Band | None:
+    """The band of the recipe `name` from train.recipes; None when unknown or unavailable."""
+    try:
+        from train import recipes
+    except ImportError:
+        return None
+    try:
+        recipe = recipes.get(name)
+        lo, hi = recipe.expected
+        return Band(getattr(recipe, "metric", "accuracy"), float(lo), float(hi), recipe.source)
+    except (UserError, KeyError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def load_training_run(path: Path) -> TrainingRun:
+    """Read a run directory's metrics.jsonl; a corrupt line is a UserError naming the file."""
+    file = path / METRICS_FILE
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{file}: cannot read ({e})") from None
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines):
+                break  # a run killed mid-write leaves a partial last line
+            raise UserError(f"{file}:{i}: not a JSON line") from None
+        if isinstance(rec, dict):
+            records.append(rec)
+    if not records:
+        raise UserError(f"{file}: no metrics in it")
+    return TrainingRun(path.name, path, records, expected_band(_recipe_name(path)))
+
+
+def _recipe_name(path: Path) -> str:
+    """The recipe a run directory holds: its config.json's "recipe", else the directory name."""
+    try:
+        name = json.loads((path / "config.json").read_text(encoding="utf-8")).get("recipe")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return name if isinstance(name, str) else path.name
+
+
+def curves_figure(run: TrainingRun):
+    """Loss and the band's metric against step and against wall time, train and test."""
+    from bench import plots
+
+    plt = plots.plt
+    metric = run.band.metric if run.band else "accuracy"
+    label = "bits/char" if metric == "bits_per_char" else "accuracy"
+    with plots._style():
+        fig, axes = plt.subplots(1, 4, figsize=(14, 3.0))
+        for col, x_key in enumerate(("step", "wall_s")):
+            ax_loss, ax_metric = axes[2 * col], axes[2 * col + 1]
+            for split, style in (("train", "-"), ("test", "o-")):
+                recs = [r for r in run.split(split) if isinstance(r.get(x_key), int | float)]
+                xs = [r[x_key] for r in recs]
+                loss = [r.get("loss") for r in recs]
+                if any(v is not None for v in loss):
+                    ax_loss.plot(xs, loss, style, ms=3, lw=1, label=split)
+                values = [metric_value(r, metric) for r in recs]
+                if any(v is not None for v in values):
+                    ax_metric.plot(xs, values, style, ms=3, lw=1, label=split)
+            if run.band:
+                ax_metric.axhspan(
+                    run.band.lo, run.band.hi, color="#3a9a5b", alpha=0.18, label="expected"
+                )
+            xlabel = "step" if x_key == "step" else "wall time (s)"
+            ax_loss.set(xlabel=xlabel, ylabel="loss", title=f"loss vs {xlabel.split(' (')[0]}")
+            ax_metric.set(xlabel=xlabel, ylabel=label, title=f"{label} vs {xlabel.split(' (')[0]}")
+            ax_metric.legend(loc="best")
+        caption = (
+            f"Shaded: expected test {label} ({run.band.source})."
+            if run.band
+            else "No recipe band known for this run."
+        )
+        return plots.render(fig, f"curves_{run.name}", f"Training: {run.name}", caption, wide=True)
+
+
+def training_table(runs: list[TrainingRun]) -> Table:
+    """Per run: epochs, steps, wall time, final test metric, expected band, verdict."""
+    rows = []
+    for run in runs:
+        last = run.records[-1]
+        final = run.final_test()
+        band = run.band
+        metric = band.metric if band else "accuracy"
+        shown = (
+            units.percent(final)
+            if metric == "accuracy"
+            else (f"{final:.3f}" if final is not None else "")
+        )
+        if band and final is not None:
+            ok = band.lo <= final <= band.hi
+            verdict = Cell("within" if ok else "OUTSIDE", cls="" if ok else "fail")
+            band_text = (
+                units.percent(band.lo) + "–" + units.percent(band.hi)
+                if metric == "accuracy"
+                else f"{band.lo:g}–{band.hi:g}"
+            )
+        else:
+            verdict, band_text = Cell(""), ""
+        rows.append(
+            [
+                Cell(run.name, str(run.path)),
+                num(units.plain(last.get("epoch"))),
+                num(units.plain(last.get("step"))),
+                num(units.seconds(last.get("wall_s"))),
+                num(shown),
+                num(band_text, band.source if band else ""),
+                verdict,
+            ]
+        )
+    cols = ["run", "epoch", "step", "wall time", "final test", "expected", "verdict"]
+    return Table(cols, rows, cls="training")

@@ -1,0 +1,302 @@
+"""The HTML and Markdown report of one or more results files (it never re-runs a model).
+
+The HTML file is self-contained (CSS inline, plots as SVG data URIs, no script or font), so it
+opens offline; the Markdown file has the same tables, with the plots as SVG files in
+<md-stem>_files/ beside it, for a README or a pull request.
+
+Comparison first: one card per run with its speedup over the first; the speedup per family
+and per architecture; the main table, one row per architecture and size, train and infer side
+by side; the plots; training curves; each run's environment; failed cells; and, folded, every
+flat row with every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from archs import UserError
+from bench import compare, results, units
+
+DEFAULT_HTML = "report.html"
+
+
+@dataclass
+class Run:
+    """One results file: a short label, its environment, its flat rows (with `run` labels)."""
+
+    label: str
+    path: str
+    env: dict[str, str]
+    rows: list[dict]
+    color: str = "#3b6fb6"
+
+
+def _version(mi: dict, name: str) -> str:
+    for d in (mi, mi.get("versions"), mi.get("packages")):
+        for key in (name, f"{name}_version"):
+            if isinstance(d, dict) and d.get(key):
+                return str(d[key])
+    return ""
+
+
+def environment(doc: dict, path: str) -> dict[str, str]:
+    """Where and with what a results file was measured, as display strings (empty ones left out)."""
+    mi = doc.get("machine_info") or {}
+    ci = doc.get("commit_info") or {}
+    cpu = mi.get("cpu")
+    if isinstance(cpu, dict):
+        cpu = cpu.get("brand_raw") or cpu.get("brand") or cpu.get("arch_string_raw")
+    commit = str(ci.get("id") or "")[:12]
+    if commit and ci.get("dirty"):
+        commit += " (dirty)"
+    if commit and ci.get("branch"):
+        commit += f" on {ci['branch']}"
+    env = {
+        "file": str(path),
+        "backend": mi.get("backend"),
+        "device kind": mi.get("device_kind"),
+        "devices": mi.get("device_count"),
+        **{name: _version(mi, name) for name in ("jax", "jaxlib", "flax", "optax")},
+        "python": mi.get("python_version"),
+        "cpu": cpu or mi.get("processor"),
+        "host": " ".join(str(mi.get(k) or "") for k in ("system", "release", "machine")).strip(),
+        "date": str(doc.get("datetime") or "")[:19].replace("T", " "),
+        "commit": commit,
+    }
+    return {k: str(v) for k, v in env.items() if v not in (None, "")}
+
+
+def _label(env: dict) -> str:
+    kind = env.get("device kind") or env.get("backend") or "run"
+    n = env.get("devices", "1")
+    return kind if n == "1" else f"{kind} ×{n}"
+
+
+def load_runs(paths) -> list[Run]:
+    """Read each results file (a bad one: UserError naming it) and give its run a unique label."""
+    from bench.plots import RUN_COLORS
+
+    runs = []
+    for path in paths:
+        doc = results.load_results(path)
+        env = environment(doc, str(path))
+        runs.append(Run(_label(env), str(path), env, results.flat_rows([path])))
+    for suffix in (lambda i, run: Path(run.path).stem, lambda i, run: f"#{i + 1}"):
+        counts = Counter(run.label for run in runs)
+        for i, run in enumerate(runs):
+            if counts[run.label] > 1:
+                run.label = f"{run.label} · {suffix(i, run)}"
+    for i, run in enumerate(runs):
+        run.color = RUN_COLORS[i % len(RUN_COLORS)]
+        run.rows = [{**r, "run": run.label, "run_index": i} for r in run.rows]
+    return runs
+
+
+def _short_commit(env: dict) -> str:
+    commit = env.get("commit", "").split(" ")[0]
+    is_hex = commit and all(c in "0123456789abcdef" for c in commit)
+    return f"commit {commit[:7]}" if is_hex else commit
+
+
+# ---- the sections -----------------------------------------------------------------------------
+
+
+def _cards(runs: list[Run], comparisons):
+    from bench.render import Card, Cards
+
+    cards = []
+    for i, run in enumerate(runs):
+        ok = sum(r["status"] == "ok" for r in run.rows)
+        failed = len(run.rows) - ok
+        lines = [
+            ", ".join(x for x in (run.env.get("backend"), f"jax {run.env.get('jax', '?')}") if x),
+            f"{ok} cells ran" + (f", {failed} failed" if failed else ""),
+            " · ".join(x for x in (run.env.get("date", "")[:10], _short_commit(run.env)) if x),
+            Path(run.path).name,
+        ]
+        if i == 0:
+            big = "baseline" if len(runs) > 1 else f"{ok} cells"
+        else:
+            g, n = compare.family_geomeans(comparisons[i - 1].pairs)["all"]
+            big = f"{units.ratio(g)} speedup" if g else "no cell in common"
+            lines.insert(0, f"geometric mean over {n} cells in common with {runs[0].label}")
+        cards.append(Card(run.label, big, lines, run.color))
+    return Cards(cards)
+
+
+def _speedup_section(runs: list[Run], comparisons):
+    from bench import plots, tables
+    from bench.render import Details, Section
+
+    blocks = [
+        "Speedup = step time of the first run / step time of this run, over the cells both "
+        "measured (same architecture, size, mode, batch, dtype, devices, sequence length); "
+        "geometric mean per family, cells in brackets. Above 1: faster than the first run.",
+        tables.speedup_family_table(runs, comparisons),
+        plots.speedup_bars(comparisons, [run.label for run in runs]),
+    ]
+    if not any(cmp.pairs for cmp in comparisons):
+        blocks = [f"No cell was measured both by {runs[0].label} and by another run."]
+    for run, cmp in zip(runs[1:], comparisons, strict=True):
+        if not cmp.pairs:
+            continue
+        table = tables.speedup_cell_table(cmp, run.label)
+        blocks.append(Details(f"Every cell: {run.label} vs {runs[0].label}", [table]))
+    return Section(f"Speedup over {runs[0].label}", "speedup", blocks)
+
+
+def _figures(rows: list[dict], labels: list[str]) -> list:
+    from bench import plots, tables
+
+    headline = tables.headline_rows(rows)
+    seq_rows = [r for r in rows if r.get("seq_len")]
+    scaling = plots.scaling_plot
+    return [
+        plots.throughput_bars(headline, labels),
+        plots.step_time_vs_params(headline, labels),
+        scaling(
+            rows, labels, "batch", "step_time_s", "step_time_vs_batch", "Step time vs batch size"
+        ),
+        scaling(rows, labels, "batch", "memory", "memory_vs_batch", "Memory vs batch size"),
+        scaling(
+            seq_rows,
+            labels,
+            "seq_len",
+            "step_time_s",
+            "step_time_vs_seq_len",
+            "Step time vs sequence length",
+            guides=(1, 2),
+        ),
+        scaling(
+            rows, labels, "devices", "step_time_s", "step_time_vs_devices", "Step time vs devices"
+        ),
+    ]
+
+
+def build_sections(runs: list[Run], training_dirs=()) -> list:
+    """Everything the report shows, in order, whatever the output format."""
+    from bench import curves, tables
+    from bench.render import Details, Section
+
+    rows = [r for run in runs for r in run.rows]
+    labels = [run.label for run in runs]
+    comparisons = [
+        compare.match_rows(runs[0].rows, run.rows, runs[0].path, run.path) for run in runs[1:]
+    ]
+    sections = [Section("Runs", "runs", [_cards(runs, comparisons)])]
+    if comparisons:
+        sections.append(_speedup_section(runs, comparisons))
+
+    main, missing = tables.main_table(rows, {run.label: run.color for run in runs})
+    note = (
+        "One row per architecture and size"
+        + (" and run" if len(runs) > 1 else "")
+        + ": the largest batch that ran, on the fewest devices, in the run's usual dtype (config). "
+        "Step time is the median ± interquartile range"
+        + ("; the fastest run's is green" if len(runs) > 1 else "")
+        + ". Every cell is under “All cells” (in the HTML, hover a number for detail)."
+    )
+    if missing:
+        note += f" Not reported by any run, so left out: {', '.join(missing)}."
+    sections.append(Section("Architectures", "main", [note, main]))
+    sections.append(Section("Plots", "plots", _figures(rows, labels)))
+
+    if training_dirs:
+        truns = [curves.load_training_run(d) for d in curves.find_run_dirs(training_dirs)]
+        blocks = [curves.training_table(truns), *(curves.curves_figure(t) for t in truns)]
+        sections.append(Section("Training curves", "training", blocks))
+
+    sections.append(Section("Environment", "env", [tables.environment_table(runs)]))
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        sections.append(
+            Section(f"Failed cells ({len(failed)})", "failed", [tables.failed_table(failed)])
+        )
+    everything = Details(
+        f"Every flat row: {len(rows)} cells, every column", [tables.full_table(rows)]
+    )
+    sections.append(Section("All cells", "all", [everything]))
+    return sections
+
+
+# ---- entry points -----------------------------------------------------------------------------
+
+
+def write_report(paths, html_out=None, md_out=None, training_dirs=()) -> list[Path]:
+    """Read the results files `paths`; write the HTML and/or Markdown report.
+
+    Args:
+      paths: results files; the first is the baseline of every speedup.
+      html_out: the HTML file, or None.
+      md_out: the Markdown file, or None; its plots go to <stem>_files/ beside it.
+      training_dirs: run directories (or parents of them) whose metrics.jsonl to plot.
+    Returns:
+      The files written.
+    """
+    from bench import render
+
+    runs = load_runs(paths)
+    sections = build_sections(runs, training_dirs)
+    title = "archbench report: " + " vs ".join(run.label for run in runs)
+    subtitle = f"{len(runs)} results file(s): " + ", ".join(Path(r.path).name for r in runs)
+    written = []
+    if html_out:
+        _write(html_out, render.to_html(title, subtitle, sections))
+        written.append(Path(html_out))
+    if md_out:
+        md_out = Path(md_out)
+        plot_dir = md_out.parent / f"{md_out.stem}_files"
+        _write(md_out, render.to_markdown(title, subtitle, sections, plot_dir))
+        written.append(md_out)
+    return written
+
+
+def _write(path, text: str) -> None:
+    """Write atomically, readable as any new file is (a report is meant to be shared)."""
+    results.write_atomic(path, text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `archbench report` that ask for the HTML and Markdown report."""
+    p.add_argument(
+        "-o",
+        "--out",
+        metavar="HTML",
+        help=f"HTML report (default: {DEFAULT_HTML}, when no other output is asked for)",
+    )
+    p.add_argument("--md", metavar="FILE", help="Markdown report; plots go to <stem>_files/")
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="training run directories (or their parent, e.g. runs/) to draw curves from",
+    )
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def run(args, default_html: bool = True) -> int:
+    """Write the reports asked for by -o/--md (report.html when neither is, if default_html)."""
+    html_out = args.out or (DEFAULT_HTML if default_html and not args.md else None)
+    for option, target in (("-o", html_out), ("--md", args.md)):
+        if target and any(_same_file(target, f) for f in args.files):
+            raise UserError(f"{option} {target} is one of the input files")
+        if target and Path(target).is_dir():
+            raise UserError(f"{option} {target} is a directory")
+    for path in write_report(args.files, html_out, args.md, args.runs):
+        print(f"archbench: wrote {path}", file=sys.stderr)
+    return 0
