@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The main job: every architecture at its small size, train and infer, float32, one device.
+# RESULTS names the results file; `make run RUN_ARGS=--resume` finishes a killed run.
+RESULTS ?= results/main-job.json
+RUN_ARGS ?= --overwrite
 run: $(STAMP)
-	$(BIN)/archbench list
+	$(BIN)/archbench run --out $(RESULTS) $(RUN_ARGS); status=$$?; \
+	if [ -f $(RESULTS) ]; then $(BIN)/archbench report $(RESULTS) --table; fi; exit $$status
 
 test: $(STAMP)
 	$(BIN)/pytest

@@ -1,0 +1,79 @@
+"""`archbench train`: argument parsing over `train.fit.fit` and `train.recipes`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import archs
+from train import recipes
+
+HELP = "train a named recipe and check it against its published result"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", nargs="?", help="recipe name (see --list)")
+    p.add_argument("--list", action="store_true", help="print the recipes and exit")
+    p.add_argument("--epochs", type=int, help="train this many epochs instead of the recipe's")
+    p.add_argument("--out", help="run directory (default runs/<recipe>)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 unless the final metric lies in the recipe's expected band",
+    )
+    p.add_argument("--data-dir", help="where datasets are read from (and prepared)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="with --list: print JSON")
+
+
+def list_rows() -> list[dict]:
+    """One row per recipe, with whether its architecture and size are registered."""
+    rows = []
+    for name in recipes.names():
+        r = recipes.get(name)
+        ready = r.arch in archs.names() and r.size in archs.get(r.arch).sizes
+        rows.append(
+            {
+                "recipe": name,
+                "arch": f"{r.arch}/{r.size}" + ("" if ready else " (missing)"),
+                "dataset": r.dataset + (f"+{r.transform}" if r.transform else ""),
+                "epochs": r.epochs,
+                "batch": r.batch,
+                "optimizer": r.optimizer.describe(),
+                "expected": r.describe_band(),
+                "source": r.source,
+            }
+        )
+    return rows
+
+
+def run(args) -> int:
+    if args.list:
+        if args.recipe:
+            raise archs.UserError("train: give either --list or a recipe, not both")
+        rows = list_rows()
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            from bench.cli import format_table  # bench.cli imports this module
+
+            print(format_table(rows, ["recipe", "arch", "dataset", "epochs", "batch", "expected"]))
+        return 0
+    if not args.recipe:
+        raise archs.UserError(
+            f"train: name a recipe or pass --list; recipes: {', '.join(recipes.names())}"
+        )
+    recipe = recipes.get(args.recipe)
+    from train.fit import fit  # jax, orbax and tqdm load only when training
+
+    final = fit(
+        recipe,
+        epochs=args.epochs,
+        out_dir=args.out or f"runs/{recipe.name}",
+        resume=args.resume,
+        progress=not args.no_progress,
+        data_dir=args.data_dir,
+    )
+    print(f"{recipes.check_message(recipe, final['value'])} ({final['out_dir']})")
+    return 1 if args.check and not recipe.in_band(final["value"]) else 0

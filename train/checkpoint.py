@@ -1,0 +1,93 @@
+"""Checkpoints of a training run through orbax: the train state plus a JSON record per epoch.
+
+A checkpoint is one orbax step per saved epoch, holding two items:
+  state  the TrainState's arrays: step, params, opt_state, batch_stats and the dropout key
+         (a typed PRNG key, stored as its raw `jax.random.key_data` and re-wrapped on restore);
+  meta   JSON: epoch, recipe name, the run's config, elapsed wall time, the epoch's metrics.
+Saving is synchronous: the fit loop donates the state to the next train step, so orbax must
+have finished reading its buffers before `save` returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from train.steps import TrainState
+
+
+def state_tree(state: TrainState) -> dict[str, Any]:
+    """The arrays of `state` as a plain pytree orbax can write (the PRNG key as raw data)."""
+    return {
+        "step": state.step,
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "batch_stats": state.batch_stats,
+        "dropout_key": jax.random.key_data(state.dropout_key),
+    }
+
+
+def tree_state(tree: dict[str, Any], like: TrainState) -> TrainState:
+    """Rebuild a TrainState from `state_tree` output, with `like`'s functions and key type."""
+    return like.replace(
+        step=tree["step"],
+        params=tree["params"],
+        opt_state=tree["opt_state"],
+        batch_stats=tree["batch_stats"],
+        dropout_key=jax.random.wrap_key_data(
+            tree["dropout_key"], impl=jax.random.key_impl(like.dropout_key)
+        ),
+    )
+
+
+class Checkpoints:
+    """The checkpoints of one run directory, numbered by epoch."""
+
+    def __init__(self, directory: str | Path, max_to_keep: int = 3):
+        self.directory = Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+            ),
+        )
+
+    def latest_epoch(self) -> int | None:
+        return self._manager.latest_step()
+
+    def meta(self, epoch: int) -> dict[str, Any]:
+        """The JSON record saved with `epoch`."""
+        restored = self._manager.restore(
+            epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        )
+        return dict(restored["meta"])
+
+    def save(self, epoch: int, state: TrainState, meta: dict[str, Any]) -> None:
+        self._manager.save(
+            epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state_tree(state)), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def restore(self, epoch: int, like: TrainState) -> TrainState:
+        """The state saved at `epoch`, shaped and typed as `like` (a freshly created state)."""
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_tree(like))
+        restored = self._manager.restore(
+            epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )
+        return tree_state(restored["state"], like)
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

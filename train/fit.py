@@ -1,0 +1,620 @@
+"""The fit loop: train a recipe epoch by epoch, evaluate, log JSONL metrics, checkpoint, resume.
+
+`fit(recipe, out_dir=...)` runs `train.steps.jit_train_step` over shuffled batches (seeded by
+the recipe's seed and the epoch, so a resumed run sees the same batches as an unbroken one),
+evaluates the whole test split with `jit_eval_step` after every epoch, and saves an orbax
+checkpoint after every `recipe.checkpoint_every` epochs. out_dir holds:
+
+  metrics.jsonl   one JSON line per logged train window ("kind": "step") and one per epoch
+                  and split ("kind": "epoch", split "train" or "test")
+  checkpoints/    orbax checkpoints, one per saved epoch
+  final.json      the final metrics, once the last epoch is done
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+import archs
+from archs.registry import InputSpec, UserError
+from train.checkpoint import Checkpoints
+from train.recipes import Recipe
+from train.steps import TrainState, create_train_state, jit_eval_step, jit_train_step
+
+LOG_KEYS = (
+    "kind", "step", "epoch", "split", "loss", "accuracy", "lr",
+    "examples_per_s", "wall_s", "data_wait_s",
+)  # fmt: skip
+
+
+class TrainingDiverged(UserError):
+    """The loss or the parameters became NaN or infinite; the message names the step."""
+
+
+def _data():
+    """The data module (imported late: the CLI's --list and --help do not need it)."""
+    return importlib.import_module("train.data")
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+
+
+# Input transforms by name (a recipe's `transform`), from the data module.
+TRANSFORMS: dict[str, Callable] = {
+    "pad32": lambda data, split: data.pad_to(split, 32),  # 28x28 -> 32x32, LeNet-5's input
+    "rows": lambda data, split: data.rows(split),  # (N, 28, 28, 1) -> 28 rows of 28 features
+}
+
+
+def load_splits(recipe: Recipe, data_dir: str | None = None):
+    """The recipe's (train, test) splits, transformed into the model's input shape."""
+    data = _data()
+    splits = []
+    for split in ("train", "test"):
+        s = data.load(recipe.dataset, split, data_dir=data_dir)
+        if recipe.transform is not None:
+            s = TRANSFORMS[recipe.transform](data, s)
+        splits.append(s)
+    return tuple(splits)
+
+
+def input_spec_for(recipe: Recipe, x: np.ndarray) -> InputSpec:
+    """The InputSpec of examples shaped like x[0], of the kind the architecture's size takes."""
+    size_input = archs.get(recipe.arch).size(recipe.size).input
+    vocab = recipe.overrides.get("vocab_size", size_input.vocab_size)
+    return InputSpec(size_input.kind, tuple(x.shape[1:]), vocab)
+
+
+def build_module(recipe: Recipe):
+    spec = archs.get(recipe.arch)
+    if recipe.size not in spec.sizes:
+        raise UserError(
+            f"recipe {recipe.name} needs size {recipe.size!r} of architecture {recipe.arch!r}, "
+            f"which is not registered (valid: {', '.join(spec.sizes)})"
+        )
+    return spec.build(recipe.size, **recipe.overrides)
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """Append-only JSONL file of metrics, one flushed line per record."""
+
+    def __init__(self, path: Path, keep_through_step: int | None):
+        self.path = path
+        kept = []
+        if keep_through_step is not None and path.exists():  # a resumed run: drop what the
+            for line in path.read_text().splitlines():  # restored checkpoint does not cover
+                if line.strip() and json.loads(line)["step"] <= keep_through_step:
+                    kept.append(line + "\n")
+        path.write_text("".join(kept))
+        self._file = path.open("a")
+
+    def write(self, record: dict) -> None:
+        record = {k: _plain(v) for k, v in record.items()}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _plain(v):
+    if isinstance(v, np.generic | jax.Array):
+        return v.item()
+    return v
+
+
+def _bpc(loss: float) -> float:
+    return loss / math.log(2)
+
+
+def _metric_value(recipe: Recipe, test: dict) -> float:
+    return _bpc(test["loss"]) if recipe.metric == "bits_per_char" else test["accuracy"]
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+
+
+def evaluate(state: TrainState, split, batch_size: int) -> dict[str, float]:
+    """Loss and accuracy over the whole split (remainder batch included), weighted by size."""
+    totals = {"loss": 0.0, "accuracy": 0.0}
+    n = 0
+    start = time.perf_counter()
+    batches = _data().batches(
+        split, batch_size, seed=0, epoch=0, shuffle=False, drop_remainder=False
+    )
+    pending = []
+    for batch in batches:
+        pending.append((len(batch["y"]), jit_eval_step(state, batch)))
+    for size, metrics in jax.device_get(pending):
+        for k in totals:
+            totals[k] += size * float(metrics[k])
+        n += size
+    seconds = time.perf_counter() - start
+    return {**{k: v / n for k, v in totals.items()}, "examples": n, "seconds": seconds}
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+
+class Prefetcher:
+    """Device batches of `iterator`, put on the device by a background thread `depth` ahead.
+
+    The loop's wait for a batch is then the time `next` blocks: nothing when the thread keeps
+    ahead of the train step. Batches keep the iterator's order.
+    """
+
+    _END = object()
+
+    def __init__(self, iterator: Iterator[dict], depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(iterator,), daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self, iterator: Iterator[dict]) -> None:
+        try:
+            for batch in iterator:
+                if not self._put(jax.device_put(batch)):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # raised again in the consumer's thread
+            self._put(e)
+
+    def next(self) -> dict | None:
+        """The next batch, on the device and ready; None at the end of the iterator."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return None if item is self._END else jax.block_until_ready(item)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# A split smaller than this is put on the device once and each epoch's batches are gathered
+# there (one gather per CHUNK steps): no host copy or transfer per step. Larger splits stream
+# through a Prefetcher.
+DEVICE_SPLIT_MAX_BYTES = 1 << 30
+CHUNK_STEPS = 64
+
+
+@jax.jit
+def _gather(x: jax.Array, y: jax.Array, index: jax.Array) -> tuple[dict, ...]:
+    """K batches {"x": (B, ...), "y": (B, ...)} for index (K, B), as K separate arrays each:
+    taking a batch is then a tuple lookup, not an indexing op dispatched per step."""
+    return tuple({"x": x[i], "y": y[i]} for i in index)
+
+
+def on_device(split):
+    """The split's arrays on the device, or None if it is too large (or not plain arrays)."""
+    if not isinstance(split.x, np.ndarray) or split.x.nbytes > DEVICE_SPLIT_MAX_BYTES:
+        return None
+    return jax.device_put((split.x, split.y))
+
+
+def epoch_batches(split, device_split, batch_size: int, *, seed: int, epoch: int):
+    """The device batches of one training epoch, in the order of `data.batches`.
+
+    Args:
+      split: the split (host arrays).
+      device_split: `on_device(split)`, or None to stream host batches through a Prefetcher.
+      batch_size, seed, epoch: as `data.batches` (which drops the remainder).
+    Yields:
+      {"x", "y"} on the device.
+    """
+    data = _data()
+    if device_split is None:
+        feed = Prefetcher(data.batches(split, batch_size, seed=seed, epoch=epoch))
+        try:
+            while (batch := feed.next()) is not None:
+                yield batch
+        finally:
+            feed.close()
+        return
+    steps = data.steps_per_epoch(len(split.y), batch_size)
+    order = data.permutation(len(split.y), seed=seed, epoch=epoch)
+    index = order[: steps * batch_size].reshape(steps, batch_size)
+    for start in range(0, steps, CHUNK_STEPS):
+        yield from _gather(*device_split, index[start : start + CHUNK_STEPS])  # dispatched
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
+    return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+class _Run:
+    """One invocation of `fit`: state, files and clocks shared by the epoch loop's helpers."""
+
+    def __init__(self, recipe, config, out_dir, schedule, log, ckpt, wall_offset, progress):
+        self.recipe = recipe
+        self.config = config
+        self.out_dir = out_dir
+        self.schedule = schedule
+        self.log = log
+        self.ckpt = ckpt
+        self.progress = progress
+        self.start = time.perf_counter() - wall_offset
+        self.last_saved: int | None = ckpt.latest_epoch()
+
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.start
+
+    def lr(self, step: int) -> float:
+        """The learning rate of the update that produced `step` (optax counts from 0)."""
+        return float(self.schedule(max(step - 1, 0)))
+
+    def diverged(self, what: str, step: int, epoch: int) -> TrainingDiverged:
+        where = (
+            f"epoch {self.last_saved} in {self.ckpt.directory}"
+            if self.last_saved is not None
+            else "none written"
+        )
+        return TrainingDiverged(
+            f"{self.recipe.name}: {what} at step {step} (epoch {epoch}); training stopped, "
+            f"last good checkpoint: {where}"
+        )
+
+    def flush(self, window: list, epoch: int, sums: dict, bar) -> tuple[float, float]:
+        """Check the train metrics of `window`, [(step, metrics)], add them to `sums`; their means."""
+        host = jax.device_get([m for _, m in window])
+        for (step, _), m in zip(window, host, strict=True):
+            if not np.isfinite(m["loss"]):
+                raise self.diverged(f"loss is {float(m['loss'])}", step, epoch)
+            sums["loss"] += float(m["loss"])
+            sums["accuracy"] += float(m["accuracy"])
+            sums["steps"] += 1
+        loss = float(np.mean([m["loss"] for m in host]))
+        accuracy = float(np.mean([m["accuracy"] for m in host]))
+        bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.4f}", refresh=False)
+        return loss, accuracy
+
+    def train_epoch(self, state: TrainState, train, device_train, epoch: int, steps: int):
+        """One epoch of train steps; returns the new state and the epoch's train record."""
+        recipe = self.recipe
+        batches = epoch_batches(train, device_train, recipe.batch, seed=recipe.seed, epoch=epoch)
+        with contextlib.closing(batches):
+            return self._train_epoch(state, batches, epoch, steps)
+
+    def _train_epoch(self, state: TrainState, batches: Iterator[dict], epoch: int, steps: int):
+        recipe = self.recipe
+        sums = {"loss": 0.0, "accuracy": 0.0, "steps": 0}
+        bar = tqdm(
+            total=steps,
+            desc=f"{recipe.name} epoch {epoch}/{self.config['epochs']}",
+            disable=not (self.progress and sys.stderr.isatty()),
+            leave=False,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        epoch_start = window_start = time.perf_counter()
+        # wait: time the loop spends getting the next batch (gathered on the device, or put
+        # there by the prefetch thread and ready). stall: the part of it during which the
+        # device had no step to run (the previous step had already finished), an upper bound
+        # on the time the device actually waited for data.
+        epoch_time = {"wait": 0.0, "stall": 0.0}
+        window_time = dict(epoch_time)
+        window: list = []
+        step = int(state.step)
+
+        t = time.perf_counter()
+        batch = next(batches, None)
+        window_time["wait"] = window_time["stall"] = time.perf_counter() - t
+        while batch is not None:
+            state, metrics = jit_train_step(state, batch)  # dispatched, runs asynchronously
+            step += 1
+            window.append((step, metrics))
+            t = time.perf_counter()
+            batch = next(batches, None)  # while the step just dispatched runs
+            fetch_s = time.perf_counter() - t
+            window_time["wait"] += fetch_s
+            if metrics["loss"].is_ready():  # the step ended before the batch was ready
+                window_time["stall"] += fetch_s
+            bar.update()
+            if step % recipe.log_every == 0 or batch is None:
+                loss, accuracy = self.flush(window, epoch, sums, bar)
+                seconds = time.perf_counter() - window_start
+                examples_per_s = len(window) * recipe.batch / seconds
+                record = self._record(
+                    "step", step, epoch, "train", loss, accuracy, examples_per_s,
+                    window_time["wait"],
+                )  # fmt: skip
+                record["data_stall_s"] = window_time["stall"]
+                self.log.write(record)
+                for k, v in window_time.items():
+                    epoch_time[k] += v
+                window, window_time, window_start = (
+                    [],
+                    dict.fromkeys(window_time, 0.0),
+                    time.perf_counter(),
+                )
+        bar.close()
+        seconds = time.perf_counter() - epoch_start
+        if not bool(_all_finite((state.params, state.batch_stats))):
+            raise self.diverged("parameters are not finite", step, epoch)
+        n = max(sums["steps"], 1)
+        record = self._record(
+            "epoch", step, epoch, "train", sums["loss"] / n, sums["accuracy"] / n,
+            sums["steps"] * recipe.batch / seconds, epoch_time["wait"],
+        )  # fmt: skip
+        record.update(
+            data_stall_s=epoch_time["stall"],
+            data_wait_frac=epoch_time["wait"] / seconds,
+            data_stall_frac=epoch_time["stall"] / seconds,
+            train_s=seconds,
+            steps=sums["steps"],
+        )
+        return state, record
+
+    def _record(self, kind, step, epoch, split, loss, accuracy, examples_per_s, wait_s) -> dict:
+        record = {
+            "kind": kind,
+            "step": step,
+            "epoch": epoch,
+            "split": split,
+            "loss": loss,
+            "accuracy": accuracy,
+            "lr": self.lr(step),
+            "examples_per_s": examples_per_s,
+            "wall_s": self.wall_s(),
+            "data_wait_s": wait_s,
+        }
+        if self.recipe.metric == "bits_per_char":
+            record["bits_per_char"] = _bpc(loss)
+        return record
+
+    def test_record(self, state: TrainState, test, epoch: int) -> dict:
+        ev = evaluate(state, test, self.recipe.eval_batch)
+        step = int(state.step)
+        if not np.isfinite(ev["loss"]):
+            raise self.diverged(f"test loss is {ev['loss']}", step, epoch)
+        record = self._record(
+            "epoch", step, epoch, "test", ev["loss"], ev["accuracy"],
+            ev["examples"] / ev["seconds"], 0.0,
+        )  # fmt: skip
+        record["eval_s"] = ev["seconds"]
+        return record
+
+
+_INIT_CACHE: dict[str, tuple] = {}
+
+
+def initial_state(recipe: Recipe, x: np.ndarray, total_steps: int):
+    """A fresh train state for inputs shaped like x[0], and the learning-rate schedule.
+
+    The optimizer and the jitted initializer are cached per configuration: the train state
+    holds the optimizer, so reusing it lets repeated fits in one process (a resume, the tests)
+    reuse the compiled train and eval steps.
+    """
+    config = recipe.config()
+    del config["recipe"], config["epochs"], config["batch"], config["metric"]
+    key = json.dumps([config, total_steps, x.shape[1:], str(x.dtype)], default=str)
+    if key not in _INIT_CACHE:
+        schedule = recipe.schedule(total_steps)
+        module, spec = build_module(recipe), input_spec_for(recipe, x)
+        tx = recipe.optimizer(schedule)
+        # Jitted: one compilation instead of one per initializer op.
+        init = jax.jit(lambda key: create_train_state(module, spec, tx, key))
+        _INIT_CACHE[key] = (init, schedule)
+    init, schedule = _INIT_CACHE[key]
+    return init(jax.random.key(recipe.seed)), schedule
+
+
+def load_state(recipe: Recipe, out_dir: str | Path, *, data_dir: str | None = None) -> TrainState:
+    """The train state of the latest checkpoint in out_dir (e.g. to evaluate a trained model)."""
+    with Checkpoints(Path(out_dir) / "checkpoints") as ckpt:
+        latest = ckpt.latest_epoch()
+        if latest is None:
+            raise UserError(f"no checkpoint in {out_dir}")
+        meta = ckpt.meta(latest)
+        train, _ = load_splits(recipe, data_dir)
+        steps = meta["config"]["epochs"] * (len(train.y) // recipe.batch)
+        like, _ = initial_state(recipe, train.x, steps)
+        return ckpt.restore(latest, like)
+
+
+@jax.jit
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+def _warm_up(state: TrainState, train, device_train, batch_size: int, steps: int) -> float:
+    """Compile the train step and the batch gathers before the clocks start (the step on a
+    copy of the state: it donates its input)."""
+    start = time.perf_counter()
+    batch = jax.device_put(next(_data().batches(train, batch_size, seed=0, epoch=0)))
+    if device_train is not None:  # the two chunk shapes an epoch gathers
+        index = np.zeros((steps, batch_size), np.int32)
+        for k in {min(steps, CHUNK_STEPS), steps % CHUNK_STEPS} - {0}:
+            jax.block_until_ready(_gather(*device_train, index[:k]))
+    copy = _copy(state)
+    jax.block_until_ready(jit_train_step(copy, batch))
+    return time.perf_counter() - start
+
+
+def _resume_config(recipe: Recipe, meta: dict, epochs: int | None, out_dir: Path) -> dict:
+    """The config of the run stored in out_dir, checked against `recipe` and `epochs`."""
+    if meta["recipe"] != recipe.name:
+        raise UserError(
+            f"--resume: {out_dir} holds a run of recipe {meta['recipe']!r}, not {recipe.name!r}; "
+            "choose another --out"
+        )
+    stored = meta["config"]
+    config = recipe.config(stored["epochs"] if epochs is None else epochs)
+    changed = sorted(k for k in config if stored.get(k) != config[k])
+    if changed:
+        diffs = "; ".join(f"{k}: {stored.get(k)!r} -> {config[k]!r}" for k in changed)
+        raise UserError(f"--resume: the run in {out_dir} was started with other settings ({diffs})")
+    return config
+
+
+def fit(
+    recipe: Recipe,
+    *,
+    out_dir: str | Path,
+    epochs: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Train `recipe` and return its final metrics.
+
+    Args:
+      recipe: the recipe to train.
+      out_dir: run directory for metrics.jsonl, checkpoints/ and final.json.
+      epochs: overrides recipe.epochs (the learning-rate schedule spans the new length).
+      resume: continue the run saved in out_dir from its latest checkpoint; the result equals
+        an unbroken run. Without it, a directory that holds checkpoints is refused.
+      progress: a line per epoch on stderr, and a tqdm progress bar when stderr is a terminal.
+      data_dir: passed to the data loader.
+    Returns:
+      {"recipe", "metric", "value", "epoch", "step", "test_loss", "test_accuracy",
+       "train_loss", "train_accuracy", "wall_s", "data_wait_frac", "out_dir"}.
+    Raises:
+      UserError: bad recipe/run-directory combinations; TrainingDiverged on NaN or inf.
+    """
+    if epochs is not None and epochs < 1:
+        raise UserError(f"epochs must be at least 1, not {epochs}")
+    out_dir = Path(out_dir)
+    build_module(recipe)  # fails fast on a missing architecture size, before any file exists
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with Checkpoints(out_dir / "checkpoints") as ckpt:
+        latest = ckpt.latest_epoch()
+        meta = ckpt.meta(latest) if latest is not None else None
+        if meta is not None and not resume:
+            raise UserError(
+                f"{out_dir} already holds a run of {meta['recipe']!r} (epoch {latest}); "
+                "pass --resume to continue it, or choose another --out"
+            )
+        if meta is not None:
+            config = _resume_config(recipe, meta, epochs, out_dir)
+        else:
+            config = recipe.config(epochs)
+        total_epochs = config["epochs"]
+
+        train, test = load_splits(recipe, data_dir)
+        steps_per_epoch = len(train.y) // recipe.batch
+        if steps_per_epoch == 0:
+            raise UserError(
+                f"{recipe.name}: {len(train.y)} training examples < batch {recipe.batch}"
+            )
+        state, schedule = initial_state(recipe, train.x, total_epochs * steps_per_epoch)
+        if meta is not None:
+            state = ckpt.restore(latest, state)
+        done = meta["epoch"] if meta is not None else 0
+        if meta is not None and done >= total_epochs:
+            return _final(recipe, meta, out_dir)
+
+        log = MetricsLog(out_dir / "metrics.jsonl", int(state.step) if meta else None)
+        run = _Run(
+            recipe, config, out_dir, schedule, log, ckpt,
+            meta["wall_s"] if meta else 0.0, progress,
+        )  # fmt: skip
+        device_train = on_device(train)
+        try:
+            compile_s = _warm_up(state, train, device_train, recipe.batch, steps_per_epoch)
+            for epoch in range(done + 1, total_epochs + 1):
+                state, train_rec = run.train_epoch(
+                    state, train, device_train, epoch, steps_per_epoch
+                )
+                if epoch == done + 1:
+                    train_rec["compile_s"] = compile_s
+                test_rec = run.test_record(state, test, epoch)
+                log.write(train_rec)
+                log.write(test_rec)
+                meta = {
+                    "epoch": epoch,
+                    "step": int(state.step),
+                    "recipe": recipe.name,
+                    "config": config,
+                    "wall_s": run.wall_s(),
+                    "train": train_rec,
+                    "test": test_rec,
+                }
+                if epoch % recipe.checkpoint_every == 0 or epoch == total_epochs:
+                    ckpt.save(epoch, state, meta)
+                    run.last_saved = epoch
+                if progress:
+                    print(_epoch_line(recipe, train_rec, test_rec, total_epochs), file=sys.stderr)
+        finally:
+            log.close()
+    return _final(recipe, meta, out_dir)
+
+
+def _epoch_line(recipe: Recipe, train: dict, test: dict, epochs: int) -> str:
+    metric = (
+        f"test bits/char {test['bits_per_char']:.3f}"
+        if recipe.metric == "bits_per_char"
+        else f"test acc {test['accuracy']:.4f}"
+    )
+    return (
+        f"{recipe.name} epoch {train['epoch']}/{epochs}: train loss {train['loss']:.4f} "
+        f"acc {train['accuracy']:.4f} | test loss {test['loss']:.4f} {metric} | "
+        f"{train['examples_per_s']:.0f} ex/s, data wait {100 * train['data_wait_frac']:.1f}% "
+        f"(stall {100 * train['data_stall_frac']:.1f}%), "
+        f"{train['wall_s']:.0f} s"
+    )
+
+
+def _final(recipe: Recipe, meta: dict, out_dir: Path) -> dict[str, Any]:
+    train, test = meta["train"], meta["test"]
+    final = {
+        "recipe": recipe.name,
+        "metric": recipe.metric,
+        "value": _metric_value(recipe, test),
+        "expected": list(recipe.expected),
+        "epoch": meta["epoch"],
+        "step": meta["step"],
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "train_loss": train["loss"],
+        "train_accuracy": train["accuracy"],
+        "wall_s": meta["wall_s"],
+        "data_wait_frac": train["data_wait_frac"],
+        "data_stall_frac": train["data_stall_frac"],
+        "out_dir": str(out_dir),
+    }
+    (out_dir / "final.json").write_text(json.dumps(final, indent=1) + "\n")
+    return final
+
+
+__all__ = [
+    "LOG_KEYS",
+    "TRANSFORMS",
+    "Prefetcher",
+    "TrainingDiverged",
+    "epoch_batches",
+    "evaluate",
+    "fit",
+    "load_splits",
+    "load_state",
+]
