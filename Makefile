@@ -20,7 +20,8 @@ RESULTS ?= results/main-job.json
 RUN_ARGS ?= --overwrite
 run: $(STAMP)
 	$(BIN)/archbench run --out $(RESULTS) $(RUN_ARGS); status=$$?; \
-	if [ -f $(RESULTS) ]; then $(BIN)/archbench report $(RESULTS) --table; fi; exit $$status
+	if [ -f $(RESULTS) ]; then $(BIN)/archbench report $(RESULTS) --table \
+	  -o $(RESULTS:.json=.html) --md $(RESULTS:.json=.md); fi; exit $$status
 
 test: $(STAMP)
 	$(BIN)/pytest

@@ -108,7 +108,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "compare": ("speedups between two runs or accelerators", compare.add_arguments, compare.run),
     "run": ("run the benchmark matrix", run_cli.add_arguments, run_cli.run),
     "report": (
-        "flatten results files: --json, --csv, --table",
+        "HTML/Markdown report, or flat rows (--json, --csv, --table)",
         report_cli.add_arguments,
         report_cli.run,
     ),

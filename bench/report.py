@@ -282,21 +282,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _same_file(a, b) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
+def check_output(option: str, target: str | None, inputs: list[str]) -> None:
+    """Refuse an output path that is one of the input files or a directory (one-line error)."""
+    if not target or target == "-":
+        return
+    for f in inputs:
+        try:
+            if os.path.samefile(target, f):
+                raise UserError(f"{option} {target} is one of the input files")
+        except OSError:
+            pass
+    if Path(target).is_dir():
+        raise UserError(f"{option} {target} is a directory")
 
 
 def run(args, default_html: bool = True) -> int:
     """Write the reports asked for by -o/--md (report.html when neither is, if default_html)."""
     html_out = args.out or (DEFAULT_HTML if default_html and not args.md else None)
     for option, target in (("-o", html_out), ("--md", args.md)):
-        if target and any(_same_file(target, f) for f in args.files):
-            raise UserError(f"{option} {target} is one of the input files")
-        if target and Path(target).is_dir():
-            raise UserError(f"{option} {target} is a directory")
+        check_output(option, target, args.files)
     for path in write_report(args.files, html_out, args.md, args.runs):
         print(f"archbench: wrote {path}", file=sys.stderr)
     return 0

@@ -3,22 +3,16 @@
 The flat outputs are a table of (option, writer) pairs, OUTPUTS: `--json`, `--csv` (a file,
 or '-' for stdout) and `--table` (text on stdout). The HTML and Markdown report is the module
 bench/report.py (its own options, `-o` and `--md`, and its `run`); it runs when its options
-ask for it or when no flat output is asked for. Without that module, `report` with no flat
-output says that the HTML report is not available yet.
+ask for it or when no flat output is asked for.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-from archs import UserError
-from bench import results
+from bench import report, results
 
 TABLE_COLUMNS = [
     "arch",
@@ -37,21 +31,12 @@ TABLE_COLUMNS = [
 ]
 
 
-def html_report():
-    """The HTML/Markdown report module, bench/report.py, or None where it does not exist."""
-    if importlib.util.find_spec("bench.report") is None:
-        return None
-    return importlib.import_module("bench.report")  # a broken module raises, as it should
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="results files of `archbench run`")
     p.add_argument("--json", metavar="FILE|-", help="flat rows as a JSON array ('-': stdout)")
     p.add_argument("--csv", metavar="FILE|-", help="flat rows as CSV ('-': stdout)")
     p.add_argument("--table", action="store_true", help="a short text table on stdout")
-    report = html_report()
-    if report is not None:
-        report.add_arguments(p)
+    report.add_arguments(p)
 
 
 def emit(target: str, text: str) -> None:
@@ -80,31 +65,16 @@ OUTPUTS: list[tuple[str, Callable[[list[dict], object], None]]] = [
 ]
 
 
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def run(args) -> int:
     chosen = [(name, writer) for name, writer in OUTPUTS if getattr(args, name, None)]
     for name, _ in chosen:  # never write a report over one of its inputs
         target = getattr(args, name)
-        if isinstance(target, str) and target != "-":
-            if any(_same_file(target, f) for f in args.files):
-                raise UserError(f"--{name} {target} is one of the input files")
-            if Path(target).is_dir():
-                raise UserError(f"--{name} {target} is a directory")
-    report = html_report()
-    wants_report = not chosen or getattr(args, "out", None) or getattr(args, "md", None)
-    if report is None and not chosen:
-        raise UserError(
-            "the HTML report is not available yet; use --json FILE|-, --csv FILE|- or --table"
-        )
+        if isinstance(target, str):
+            report.check_output(f"--{name}", target, args.files)
+    wants_report = not chosen or args.out or args.md
     rows = results.flat_rows(args.files)  # a bad file: UserError naming it, before any output
     for name, writer in chosen:
         writer(rows, getattr(args, name))
-    if report is not None and wants_report:
+    if wants_report:
         return report.run(args)
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import archs
-from bench import matrix, measure, report_cli, results
+from bench import matrix, measure, results
 from bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,12 +217,6 @@ def test_report_json_and_csv_rows(first_run, tmp_path, capsys):
     lines = csv_path.read_text().splitlines()
     assert lines[0].split(",")[: len(results.FLAT_COLUMNS)] == results.FLAT_COLUMNS
     assert len(lines) == 1 + len(CELLS)
-
-
-def test_report_without_output_says_html_is_not_there_yet(first_run, monkeypatch, capsys):
-    monkeypatch.setattr(report_cli, "html_report", lambda: None)  # as before bench/report.py
-    assert main(["report", str(first_run)]) == 2
-    assert "HTML report is not available yet" in one_line_error(capsys)
 
 
 def test_report_refuses_to_write_over_its_input(first_run, capsys):
