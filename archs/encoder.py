@@ -13,7 +13,7 @@ from archs.registry import ArchSpec, InputSpec, Size, register
 class Encoder(nn.Module):
     """BERT-style encoder: token, position and type embeddings, post-LN blocks, pooler, head."""
 
-    vocab_size: int
+    vocab_size: int | None  # None: float inputs (B, T, F), projected to the width by a Dense
     num_layers: int
     width: int
     num_heads: int
@@ -37,7 +37,10 @@ class Encoder(nn.Module):
         )  # fmt: skip
         drop = nn.Dropout(self.dropout, deterministic=not train)
 
-        h = embed(self.vocab_size, name="token_embed")(x)  # (B, T, D)
+        if self.vocab_size is None:
+            h = dense(self.width, name="input_proj")(x)  # (B, T, F) -> (B, T, D)
+        else:
+            h = embed(self.vocab_size, name="token_embed")(x)  # (B, T, D)
         h = h + learned_positions(
             x.shape[1], self.max_len, self.width, init, self.dtype, self.param_dtype
         )
@@ -87,6 +90,20 @@ register(
         sizes={
             "tiny": _size(2, 32, 2, 64, vocab=128, max_len=16, seq=16),
             "small": _size(2, 128, 4, 512, vocab=1024, max_len=128, seq=128),
+            # The same encoder over float features: a 28x28 image as 28 tokens of 28 pixels
+            # (the recipe transformer-rows-fashion). Not a published model.
+            "rows": Size(
+                {
+                    "vocab_size": None,
+                    "num_layers": 2,
+                    "width": 64,
+                    "num_heads": 4,
+                    "mlp_dim": 128,
+                    "max_len": 28,
+                    "num_classes": 10,
+                },
+                InputSpec("sequence", (28, 28)),
+            ),
             # BERT-base: L=12, H=768, A=12, F=3072, WordPiece 30,522, 512 positions, 2 segments;
             # dropout 0.1 on embeddings and sub-layer outputs. Benchmarked at 512 tokens.
             "base": _size(

@@ -50,6 +50,17 @@ register(
                 published_params=247_766,
                 source="Xiao et al. 2017, Fashion-MNIST benchmark table",
             ),
+            # MLPBase of greydanus/mnist1d: 40 -> 100 -> 100 -> 10, 4,100 + 10,100 + 1,010 =
+            # 15,210 parameters (its quickstart's count; Table 1: 68% test accuracy). The
+            # original adds a skip around the second layer, h + relu(W2 h); this plain stack
+            # has the same parameters without it.
+            "mnist1d": Size(
+                {"hidden": (100, 100), "num_classes": 10},
+                InputSpec("sequence", (40, 1)),
+                canonical="MNIST-1D MLP (without its skip connection)",
+                published_params=15_210,
+                source="Greydanus 2020, Scaling down deep learning (MNIST-1D), MLPBase",
+            ),
         },
     )
 )
