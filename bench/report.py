@@ -246,22 +246,14 @@ def write_report(paths, html_out=None, md_out=None, training_dirs=()) -> list[Pa
     subtitle = f"{len(runs)} results file(s): " + ", ".join(Path(r.path).name for r in runs)
     written = []
     if html_out:
-        _write(html_out, render.to_html(title, subtitle, sections))
+        results.write_atomic(html_out, render.to_html(title, subtitle, sections))
         written.append(Path(html_out))
     if md_out:
         md_out = Path(md_out)
         plot_dir = md_out.parent / f"{md_out.stem}_files"
-        _write(md_out, render.to_markdown(title, subtitle, sections, plot_dir))
+        results.write_atomic(md_out, render.to_markdown(title, subtitle, sections, plot_dir))
         written.append(md_out)
     return written
-
-
-def _write(path, text: str) -> None:
-    """Write atomically, readable as any new file is (a report is meant to be shared)."""
-    results.write_atomic(path, text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

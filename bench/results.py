@@ -121,6 +121,10 @@ def check_out_file(path: str | os.PathLike) -> dict | None:
         raise UserError(f"{e}; refusing to overwrite it, choose another --out") from None
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Replace `path` with `text` in one step: a reader sees the old file or the new, never half."""
     path = Path(path)
@@ -131,6 +135,7 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode of a new file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
