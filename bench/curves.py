@@ -2,8 +2,8 @@
 
 The fit loop writes one JSON line per logged step and per epoch:
 {step, epoch, split ("train"|"test"), loss, accuracy, lr, examples_per_s, wall_s}.
-The expected band comes from train.recipes, imported lazily: without it (or for a run whose
-directory is not a recipe's name) the curves are drawn without a band.
+The expected band comes from train.recipes; a run whose recipe is not known (a renamed
+directory, a recipe since removed) is drawn without a band.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from archs import UserError
 from bench import units
 from bench.tables import Cell, Table, num
+from train import recipes
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -77,17 +78,13 @@ def find_run_dirs(paths) -> list[Path]:
 
 
 def expected_band(name: str) -> Band | None:
-    """The band of the recipe `name` from train.recipes; None when unknown or unavailable."""
-    try:
-        from train import recipes
-    except ImportError:
-        return None
+    """The band of the recipe `name` from train.recipes; None for an unknown recipe."""
     try:
         recipe = recipes.get(name)
-        lo, hi = recipe.expected
-        return Band(getattr(recipe, "metric", "accuracy"), float(lo), float(hi), recipe.source)
-    except (UserError, KeyError, AttributeError, TypeError, ValueError):
+    except UserError:
         return None
+    lo, hi = recipe.expected
+    return Band(recipe.metric, float(lo), float(hi), recipe.source)
 
 
 def load_training_run(path: Path) -> TrainingRun:

@@ -302,14 +302,17 @@ RECIPES: dict[str, Recipe] = {
             eval_batch=256,
             optimizer=Optimizer("adamw", {"b2": 0.99, "weight_decay": 0.1}, clip_norm=1.0),
             schedule=WarmupCosine(1e-3, warmup_steps=100, end=1e-4),
-            epochs=4,  # 549 steps each (35k windows of 128 bytes), about 4.5 min on 2 cores
+            epochs=4,  # 549 steps each (35k windows of 128 bytes), about 5 min on 2 CPU cores
             batch=64,
             metric="bits_per_char",
-            expected=(1.8, 2.6),
+            expected=(2.0, 2.45),
             source=(
-                "character-level GPT (nanoGPT's shakespeare_char config: lr 1e-3, beta2 0.99, "
-                "warm-up 100, cosine to 1e-4) reaches val loss 1.47 nats = 2.12 bits/char "
-                "with 6 layers of 384; this 2-layer, 128-wide model on a CPU budget stays above"
+                "measured: 2.22 bits/char on the test bytes after 4 epochs (seed 0, Python 3.11 "
+                "stdlib corpus, 1,325 s on 2 CPU cores); band +-0.2 for seeds and the corpus of "
+                "other Python versions. References on the same test bytes: gzip -9 1.96, bz2 "
+                "1.74, xz 1.67 bits/char (they copy from all 500 KB, the model sees 128 bytes); "
+                "unigram entropy 4.75. Training as nanoGPT's shakespeare_char (AdamW lr 1e-3, "
+                "beta2 0.99, warm-up 100, cosine to 1e-4, clip 1)"
             ),
         ),
     ]
