@@ -239,6 +239,25 @@ def test_one_step_end_to_end_from_idx_files(tmp_path, monkeypatch):
     assert test["examples_per_s"] > 0 and test["accuracy"] in (0, 1 / 3, 2 / 3, 1)
 
 
+def test_one_step_end_to_end_under_tfds_mock_data(tmp_path, monkeypatch):
+    """A catalog dataset served by `tfds.testing.mock_data` through the real loader and fit."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from tensorflow_datasets.core.data_sources import base
+
+    # tfds 4.9.10's mock sets __getitems__ as an attribute called without `self`: read item by
+    # item, as test_data.py does.
+    monkeypatch.setattr(
+        base.BaseDataSource, "__getitems__", lambda self, keys: [self[k] for k in keys]
+    )
+    monkeypatch.setenv("ARCHBENCH_DATA_DIR", str(tmp_path / "cache"))
+    recipe = toy_recipe(name="mock-mnist", dataset="tfds:mnist", epochs=1, batch=8, eval_batch=4)
+    with tfds.testing.mock_data(num_examples=8):
+        final = fit(recipe, out_dir=tmp_path / "run", progress=False)
+    assert final["step"] == 1 and np.isfinite(final["test_loss"])
+    splits = {line["split"] for line in _lines(tmp_path / "run")}
+    assert splits == {"train", "test"}
+
+
 @pytest.fixture
 def cli_recipes(data, monkeypatch):
     for recipe in (
