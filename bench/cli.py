@@ -142,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("archbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `archbench ... | head` closed the pipe: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail
+        return 141
 
 
 if __name__ == "__main__":

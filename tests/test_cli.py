@@ -44,3 +44,17 @@ def test_console_script_exit_status():
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "valid:" in proc.stderr
+
+
+def test_closed_pipe_is_not_a_traceback():
+    """`archbench list --json | true`: the reader is gone before the output is written."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "list", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait() == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err

@@ -222,9 +222,9 @@ def test_one_step_end_to_end_from_idx_files(tmp_path, monkeypatch):
     """A real recipe's data path (IDX files -> TFDS array_record -> arrays -> pad to 32x32)
     and one train step of LeNet-5, offline.
 
-    Not under `tfds.testing.mock_data`: its `__getitems__` mock is not bound to the data
-    source (TypeError), and it redirects builders to a mock data dir; tiny IDX files go
-    through the real preparation instead.
+    Tiny IDX files go through the real TFDS preparation (the project's IDX builder does not
+    go through `tfds.testing.mock_data`, which redirects builders to a mock data dir); the
+    next test covers the catalog path under mock_data.
     """
     idx = tmp_path / "idx"
     idx.mkdir()
