@@ -18,6 +18,7 @@ import pytest
 from archs.registry import UserError
 from bench.cli import main
 from train import data as data_module
+from train import feed as feed_module
 from train import fit as fit_module
 from train import recipes
 from train.checkpoint import Checkpoints
@@ -73,7 +74,7 @@ def _lines(out_dir) -> list[dict]:
 @pytest.mark.parametrize("feed", ["device", "streamed"])
 def test_fit_logs_jsonl_and_checkpoints(data, tmp_path, monkeypatch, feed):
     if feed == "streamed":
-        monkeypatch.setattr(fit_module, "DEVICE_SPLIT_MAX_BYTES", 0)
+        monkeypatch.setattr(feed_module, "DEVICE_SPLIT_MAX_BYTES", 0)
     final = fit(toy_recipe(), out_dir=tmp_path, progress=False)
     lines = _lines(tmp_path)
     assert all(set(LOG_KEYS) <= line.keys() for line in lines)
@@ -107,7 +108,7 @@ def test_eval_covers_the_whole_test_split(data):
 
 
 def test_prefetcher_keeps_order_and_reraises():
-    from train.fit import Prefetcher
+    from train.feed import Prefetcher
 
     def gen():
         for i in range(5):
@@ -127,8 +128,8 @@ def test_prefetcher_keeps_order_and_reraises():
 def test_device_and_streamed_batches_equal_data_batches(data):
     split = _synthetic(data, 50, 0)
     want = list(data.batches(split, 16, seed=3, epoch=2))
-    for device_split in (fit_module.on_device(split), None):
-        got = list(fit_module.epoch_batches(split, device_split, 16, seed=3, epoch=2))
+    for device_split in (feed_module.on_device(split), None):
+        got = list(feed_module.epoch_batches(split, device_split, 16, seed=3, epoch=2))
         assert len(got) == len(want) == 3
         for g, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(np.asarray(g["x"]), w["x"])
@@ -142,7 +143,7 @@ class Killed(Exception):
 @pytest.mark.parametrize("feed", ["device", "streamed"])
 def test_resume_equals_an_unbroken_run(data, tmp_path, monkeypatch, feed):
     if feed == "streamed":
-        monkeypatch.setattr(fit_module, "DEVICE_SPLIT_MAX_BYTES", 0)
+        monkeypatch.setattr(feed_module, "DEVICE_SPLIT_MAX_BYTES", 0)
     recipe = toy_recipe(epochs=3)
     fit(recipe, out_dir=tmp_path / "straight", progress=False)
 
