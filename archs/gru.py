@@ -4,8 +4,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archs._recurrent import RecurrentClassifier, RecurrentLayer
-from archs.registry import ArchSpec, InputSpec, Size, register
+from archs._recurrent import MNIST1D, ROWS_28, TINY, RecurrentClassifier, RecurrentLayer
+from archs.registry import ArchSpec, Size, register
 
 
 class GRULayer(RecurrentLayer):
@@ -43,10 +43,6 @@ class GRU(RecurrentClassifier):
 
     layer_cls = GRULayer
 
-
-ROWS_28 = InputSpec("sequence", (28, 28))  # a 28x28 image read row by row
-MNIST1D = InputSpec("sequence", (40, 1))  # MNIST-1D (Greydanus 2020): 40 steps, 1 feature
-TINY = InputSpec("sequence", (8, 4))
 
 register(
     ArchSpec(

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archs._recurrent import RecurrentClassifier, RecurrentLayer
+from archs._recurrent import MNIST1D, ROWS_28, TINY, RecurrentClassifier, RecurrentLayer
 from archs.registry import ArchSpec, InputSpec, Size, register
 
 
@@ -42,10 +42,7 @@ class ElmanRNN(RecurrentClassifier):
         return {"act": self.act}
 
 
-ROWS_28 = InputSpec("sequence", (28, 28))  # a 28x28 image read row by row
 PIXELS_784 = InputSpec("sequence", (784, 1))  # a 28x28 image read pixel by pixel
-MNIST1D = InputSpec("sequence", (40, 1))  # MNIST-1D (Greydanus 2020): 40 steps, 1 feature
-TINY = InputSpec("sequence", (8, 4))
 
 # The MNIST-1D GRU baseline's layout (bidirectional, 6 units, linear head on all 40 steps)
 # with Elman cells, to compare cells at equal shape. Not a published model.
