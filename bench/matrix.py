@@ -109,8 +109,9 @@ def _arch_names(patterns: list[str]) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def _takes_images(spec: archs.ArchSpec) -> bool:
-    return all(size.input.kind == "image" for size in spec.sizes.values())
+def _takes_sequences(name: str, size: str) -> bool:
+    """Whether (name, size) has a sequence length to vary: any input but an image."""
+    return archs.get(name).size(size).input.kind != "image"
 
 
 def select(
@@ -160,26 +161,24 @@ def select(
             )
     seq_lens = _positive_ints("--seq-len", _values("--seq-len", seq_len, "")) or [None]
 
-    sequence_models = [n for n, spec in specs.items() if not _takes_images(spec)]
-    if seq_lens != [None] and not sequence_models:
-        every = [n for n in archs.names() if not _takes_images(archs.get(n))]
+    pairs = [(n, s) for n, spec in specs.items() for s in sizes if s in spec.sizes]
+    if not pairs:
+        raise UserError(f"no architecture among {', '.join(names)} has size {', '.join(sizes)}")
+    if seq_lens != [None] and not any(_takes_sequences(n, s) for n, s in pairs):
+        every = [n for n, s in archs.cells(sizes=tuple(sizes)) if _takes_sequences(n, s)]
         raise UserError(
-            f"--seq-len applies to sequence models ({', '.join(every)}), not to {', '.join(names)}"
+            f"--seq-len applies to sequence models ({', '.join(dict.fromkeys(every))}), "
+            f"not to {', '.join(names)} at size {', '.join(sizes)}"
         )
     requests = []
-    for name, spec in specs.items():
-        lens = seq_lens if name in sequence_models else [None]
-        for s in sizes:
-            if s not in spec.sizes:
-                continue
-            for m in modes:
-                for d in dtypes:
-                    for n in device_counts:
-                        for b in batches:
-                            for t in lens:
-                                requests.append(CellRequest(name, s, m, b, d, n, t))
-    if not requests:
-        raise UserError(f"no architecture among {', '.join(names)} has size {', '.join(sizes)}")
+    for name, s in pairs:
+        lens = seq_lens if _takes_sequences(name, s) else [None]
+        for m in modes:
+            for d in dtypes:
+                for n in device_counts:
+                    for b in batches:
+                        for t in lens:
+                            requests.append(CellRequest(name, s, m, b, d, n, t))
     for r in requests:  # anything measure itself refuses, before anything runs
         measure.validate(r.cell(batch=r.devices if r.batch == AUTO else None))
     return requests

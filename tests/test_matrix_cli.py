@@ -245,3 +245,11 @@ def test_report_names_the_bad_file(content, expect, first_run, tmp_path, capsys)
     err = one_line_error(capsys)
     assert str(bad) in err and expect in err
     assert capsys.readouterr().out == ""
+
+
+def test_seq_len_applies_per_size_not_per_architecture():
+    """mlp's `small` takes images and its `mnist1d` size a sequence: only the latter varies."""
+    mixed = matrix.select(arch="mlp,lstm", size="small", mode="infer", seq_len="64")
+    assert {(r.arch, r.seq_len) for r in mixed} == {("mlp", None), ("lstm", 64)}
+    (one,) = matrix.select(arch="mlp", size="mnist1d", mode="infer", seq_len="64")
+    assert one.seq_len == 64
