@@ -19,10 +19,11 @@ from archs.registry import UserError
 from bench.cli import main
 from train import data as data_module
 from train import feed as feed_module
-from train import fit as fit_module
+from train import loop as loop_module
 from train import recipes
 from train.checkpoint import Checkpoints
-from train.fit import LOG_KEYS, TrainingDiverged, fit, load_state
+from train.fit import fit, load_state
+from train.loop import LOG_KEYS, TrainingDiverged
 from train.recipes import Constant, Optimizer, Recipe
 
 N_TRAIN, N_TEST, BATCH = 96, 40, 16  # 6 steps per epoch; the test split has a remainder batch
@@ -96,7 +97,8 @@ def test_fit_logs_jsonl_and_checkpoints(data, tmp_path, monkeypatch, feed):
 
 
 def test_eval_covers_the_whole_test_split(data):
-    from train.fit import evaluate, initial_state
+    from train.fit import initial_state
+    from train.loop import evaluate
 
     split = _synthetic(data, N_TEST, 1)
     state, _ = initial_state(toy_recipe(), split.x, 1)
@@ -175,7 +177,7 @@ def test_resume_equals_an_unbroken_run(data, tmp_path, monkeypatch, feed):
 
 
 def test_nan_stops_at_the_step_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
-    batches = fit_module.epoch_batches
+    batches = loop_module.epoch_batches
 
     def poisoned(*args, epoch, **kw):
         for i, batch in enumerate(batches(*args, epoch=epoch, **kw)):
@@ -183,7 +185,7 @@ def test_nan_stops_at_the_step_and_keeps_the_last_good_checkpoint(data, tmp_path
                 batch = {**batch, "x": batch["x"] * np.nan}
             yield batch
 
-    monkeypatch.setattr(fit_module, "epoch_batches", poisoned)
+    monkeypatch.setattr(loop_module, "epoch_batches", poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 9 \(epoch 2\)") as err:
         fit(toy_recipe(epochs=3), out_dir=tmp_path, progress=False)
     assert "last good checkpoint: epoch 1" in str(err.value) and "\n" not in str(err.value)
