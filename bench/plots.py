@@ -113,6 +113,9 @@ def _modes(rows) -> list[str]:
 # ---- step time vs parameters ------------------------------------------------------------------
 
 
+MIN_SLOPE_ARCHS = 3
+
+
 def step_time_vs_params(rows: list[dict], runs: list[str]) -> Figure | Skipped:
     """Log-log scatter of the headline cells, coloured by family, one marker per run."""
     title = "Step time vs parameter count"
@@ -142,7 +145,9 @@ def step_time_vs_params(rows: list[dict], runs: list[str]) -> Figure | Skipped:
                         linewidths=0.3,
                     )
                 k = growth_exponent([r["params"] for r in pts], [r["step_time_s"] for r in pts])
-                if k is not None:
+                # Two architectures always fit a line exactly, and models that differ in more
+                # than size make that slope meaningless: a slope needs MIN_SLOPE_ARCHS of them.
+                if k is not None and len({r["params"] for r in pts}) >= MIN_SLOPE_ARCHS:
                     slopes.append(f"{mode}{f' {run}' if len(runs) > 1 else ''} {k:.2f}")
             ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="step time", title=mode)
             log_axis(ax.xaxis, "count")

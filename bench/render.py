@@ -60,8 +60,8 @@ header h1{margin:0;font-size:21px}
 header p{margin:4px 0 0;color:#c5cad3;font-size:13px}
 nav{margin-top:8px;font-size:13px}
 nav a{color:#9cc3ff;margin-right:14px;text-decoration:none}
-main{padding:2px 24px 40px}
-section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:12px 16px;margin:14px 0}
+main{padding:2px 16px 40px}
+section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:12px;margin:14px 0}
 h2{font-size:17px;margin:0 0 8px}
 p.note{color:var(--muted);margin:2px 0 10px;max-width:80em}
 .cards{display:flex;gap:12px;flex-wrap:wrap}
@@ -80,7 +80,7 @@ th.group{text-align:center;font-size:12px;text-transform:uppercase;letter-spacin
 td.num,td.best{text-align:right}
 td.best{font-weight:700;color:#17803d}
 td.fail{color:#b42318;background:#fff3f1;white-space:normal;min-width:14em;max-width:44em}
-table.main td,table.main th{font-size:12px;padding:2px 4px}
+table.main td,table.main th{font-size:12px;padding:2px 3px}
 td.run{max-width:8.5em;overflow:hidden;text-overflow:ellipsis}
 td.bad{color:#b42318}
 td.na{color:#98a1b0;text-align:center}

@@ -16,7 +16,10 @@ from tests.test_compare import make_row, write_results
 CHROMIUM = next(
     (shutil.which(b) for b in ("chromium", "chromium-browser") if shutil.which(b)), None
 )
-SAMPLE = Path(__file__).parent.parent / "docs" / "sample" / "cpu-tiny.json"
+# The committed sample: real CPU runs on one device and on eight simulated ones (two runs).
+SAMPLES = [
+    Path(__file__).parent.parent / "docs" / "sample" / f for f in ("cpu.json", "cpu-x8.json")
+]
 
 
 def base_rows(scale=1.0, oom=True):
@@ -91,6 +94,16 @@ def test_scaling_plots_write_growth_exponents():
     assert isinstance(skipped, plots.Skipped) and "device counts" in skipped.reason
 
 
+def test_params_plot_gives_a_slope_only_over_three_or_more_architectures():
+    params = {"mlp": 1e3, "lenet5": 6e4, "lstm": 3e4, "encoder": 2e5}
+    rows = [{**r, "run": "cpu", "params": params[r["arch"]]} for r in results_rows(base_rows())]
+    two = [r for r in rows if r["arch"] in ("mlp", "lenet5")]
+    assert "Log-log slope" not in plots.step_time_vs_params(two, ["cpu"]).caption
+    assert "Log-log slope over all architectures: train" in (
+        plots.step_time_vs_params(rows, ["cpu"]).caption
+    )
+
+
 def results_rows(rows):
     return [results.flatten(r, {}, "x.json") for r in rows]
 
@@ -130,6 +143,8 @@ PROBE = """<script>addEventListener("load", () => {
     svgs: [...document.querySelectorAll("svg")].map(box),
     rows: [...document.querySelectorAll("table.main tbody tr:not(.famrow)")].map(
       tr => tr.cells[0].textContent),
+    main: [document.querySelector("table.main").scrollWidth,
+           document.querySelector("table.main").closest(".scroll").clientWidth],
   };
   console.log("archbench-probe " + JSON.stringify(report));
 });</script>"""
@@ -149,19 +164,13 @@ def chromium(tmp_path, *args) -> subprocess.CompletedProcess:
     CHROMIUM is None, reason="headless Chromium not found (Debian package chromium)"
 )
 def test_report_in_headless_chromium(tmp_path):
-    if (
-        SAMPLE.exists()
-    ):  # a small real run: archbench run --arch mlp,lenet5,lstm,gru --size tiny ...
-        path, expected = str(SAMPLE), {(r["arch"], r["size"]) for r in results.flat_rows([SAMPLE])}
-    else:
-        path = write_results(tmp_path / "cpu.json", base_rows())
-        expected = {(a, "tiny") for a in ("mlp", "lenet5", "lstm", "encoder")}
+    expected = {(r["source"], r["arch"], r["size"]) for r in results.flat_rows(SAMPLES)}
     html_path = tmp_path / "report.html"
-    assert main(["report", path, "-o", str(html_path)]) == 0
+    assert main(["report", *map(str, SAMPLES), "-o", str(html_path)]) == 0
     probed = tmp_path / "probed.html"
     probed.write_text(html_path.read_text().replace("</body>", PROBE + "</body>"))
 
-    proc = chromium(tmp_path, "--dump-dom", probed.as_uri())
+    proc = chromium(tmp_path, "--window-size=1400,1800", "--dump-dom", probed.as_uri())
     assert proc.returncode == 0, proc.stderr[-2000:]
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     probe = [line for line in console if "archbench-probe" in line]
@@ -171,7 +180,10 @@ def test_report_in_headless_chromium(tmp_path):
     for natural_w, natural_h, w, h in report["images"]:
         assert min(natural_w, natural_h, w, h) > 0
     assert all(w > 0 and h > 0 for w, h in report["svgs"])
-    assert sorted(report["rows"]) == sorted(f"{a}/{s}" for a, s in expected)
+    # One row per architecture, size and run.
+    assert sorted(report["rows"]) == sorted(f"{a}/{s}" for _, a, s in expected)
+    table_w, room = report["main"]
+    assert table_w <= room, f"the main table of two runs is {table_w} px in {room} px"
 
     shot = tmp_path / "report.png"
     proc = chromium(tmp_path, "--window-size=1400,1800", f"--screenshot={shot}", html_path.as_uri())
