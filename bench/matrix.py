@@ -25,7 +25,7 @@ import pytest
 
 import archs
 from archs import UserError
-from bench import measure, results
+from bench import measure, results, units
 
 AUTO = "auto"
 # The main job (`archbench run` with no filters): every architecture at its CPU size, both
@@ -269,7 +269,8 @@ class MatrixSession:
       out: the results file, or None to write none (plain `pytest bench/`).
       resume: skip cells already in `out` with status ok; failed ones run again.
       target_s: seconds of timed rounds per cell.
-      progress: draw a tqdm bar on stderr and report failures as one line each.
+      progress: draw a tqdm bar on stderr (a line per cell when stderr is not a terminal) and
+        report failures as one line each.
     """
 
     def __init__(self, config, out=None, resume=False, target_s=DEFAULT_TARGET_S, progress=False):
@@ -278,6 +279,7 @@ class MatrixSession:
         self.target_s = target_s
         self.progress = progress
         self.bar = None
+        self.total = 0
         self.rows: dict[str, dict] = {}
         self.header: dict | None = None
         self.started = datetime.now(UTC).isoformat()
@@ -299,7 +301,8 @@ class MatrixSession:
             self._say(f"archbench: resume: {len(skipped)} cell(s) already in {self.out}, skipped")
 
     def pytest_collection_finish(self, session):
-        if self.progress and session.items:
+        self.total = len(session.items)
+        if self.progress and session.items and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(
@@ -339,11 +342,21 @@ class MatrixSession:
 
     def record(self, benchmark, info: dict) -> None:
         """Add one measured (or failed) cell and rewrite the results file."""
-        if info.get("status") != "ok":
-            self.notes.append(f"{info.get('cell_id')}: {info.get('status')}: {info.get('error')}")
         row = benchmark_row(benchmark)
         self.rows[row_key(row)] = row
         self.measured += 1
+        status = info.get("status")
+        if self.progress and self.bar is None:  # stderr is a log, not a terminal: a line a cell
+            said = (
+                f"ok, {units.seconds(info.get('step_time_s'))} per step"
+                if status == "ok"
+                else status
+            )
+            self.notes.append(
+                f"archbench {self.measured}/{self.total} {info.get('cell_id')}: {said}"
+            )
+        if status != "ok":
+            self.notes.append(f"{info.get('cell_id')}: {status}: {info.get('error')}")
         if self.out:
             self.write()
 

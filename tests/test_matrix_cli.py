@@ -3,6 +3,7 @@ run, bad input, and the flat rows."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def test_run_writes_pytest_benchmark_json(first_run):
         assert row["params"]["arch"] in ("mlp", "lenet5") and row["params"]["batch"] == 32
 
 
-def test_resume_runs_only_missing_and_failed_cells(first_run, tmp_path, monkeypatch):
+def test_resume_runs_only_missing_and_failed_cells(first_run, tmp_path, monkeypatch, capsys):
     out = tmp_path / "results.json"
     out.write_text(first_run.read_text())
     before = rows_by_id(out)
@@ -98,6 +99,9 @@ def test_resume_runs_only_missing_and_failed_cells(first_run, tmp_path, monkeypa
     failed = rows["mlp-tiny-infer-b8-float32-d1"]
     assert failed["stats"] is None and failed["extra_info"]["status"] == "error"
     assert failed["extra_info"]["error"] == "RuntimeError: simulated failure"
+    # stderr is not a terminal here: a line per cell instead of a bar
+    err = capsys.readouterr().err
+    assert "archbench 1/1 mlp-tiny-infer-b8-float32-d1: error\n" in err and "|" not in err
 
     # Resume runs the failed cell again, and only it; every other row stays as it was.
     failing.clear()
@@ -105,6 +109,8 @@ def test_resume_runs_only_missing_and_failed_cells(first_run, tmp_path, monkeypa
     assert prepared == ["mlp-tiny-infer-b8-float32-d1"] * 2
     after = rows_by_id(out)
     assert after["mlp-tiny-infer-b8-float32-d1"]["extra_info"]["status"] == "ok"
+    assert re.search(r"archbench 1/1 mlp-tiny-infer-b8-float32-d1: ok, [\d.]+ .?s per step\n",
+                     capsys.readouterr().err)  # fmt: skip
     assert {k: after[k] for k in before} == before
 
 
