@@ -1,8 +1,9 @@
 """One epoch of a fit: the timed train steps, the evaluation, and their metric records.
 
 `Run.train_epoch` dispatches `train.steps.jit_train_step` over one epoch's batches
-(`train.feed.epoch_batches`) and times how long the loop waits for each of them; `Run.test_record` evaluates the whole
-test split. Both check for NaN or infinite values and return the epoch's JSONL record.
+(`train.feed.epoch_batches`) and times how long the loop waits for each of them;
+`Run.test_record` evaluates the whole test split. Both check for NaN or infinite values and
+return the epoch's JSONL record.
 """
 
 from __future__ import annotations
