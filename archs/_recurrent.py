@@ -16,8 +16,6 @@ import jax.numpy as jnp
 
 from archs.registry import InputSpec
 
-ROWS_28 = InputSpec("sequence", (28, 28))  # a 28x28 image read row by row
-MNIST1D = InputSpec("sequence", (40, 1))  # MNIST-1D (Greydanus 2020): 40 steps, 1 feature
 TINY = InputSpec("sequence", (8, 4))
 
 # Keras' defaults for recurrent layers: Glorot-uniform input kernel, orthogonal recurrent kernel.

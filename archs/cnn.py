@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archs.registry import ArchSpec, InputSpec, Size, register
+from archs.registry import IMAGE_28, MNIST1D, ArchSpec, Size, register
 
 
 class CNN(nn.Module):
@@ -50,8 +50,6 @@ class CNN(nn.Module):
         return dense(self.num_classes)(x)
 
 
-IMAGE_28 = InputSpec("image", (28, 28, 1))
-
 # Conv 3*3*1*32+32 = 320; conv 3*3*32*64+64 = 18,496; dense 3136*256+256 = 803,072;
 # output 256*10+10 = 2,570: 824,458 parameters, as Flax's `nn.tabulate` of the tutorial model
 # reports.
@@ -67,7 +65,7 @@ TUTORIAL = Size(
 # then two Conv1d(25, 25, 3, stride 2, padding 1), ReLU after each, flatten (5*25 = 125 on
 # 40 steps) and Linear(125, 10): 150 + 1,900 + 1,900 + 1,260 = 5,210 parameters, the count
 # its quickstart notebook prints. The paper's Table 1 gives it 94% test accuracy.
-MNIST1D = Size(
+CONVBASE = Size(
     {
         "features": (25, 25, 25),
         "kernels": (5, 3, 3),
@@ -76,7 +74,7 @@ MNIST1D = Size(
         "pool": 1,
         "hidden": (),
     },
-    InputSpec("sequence", (40, 1)),
+    MNIST1D,
     canonical="MNIST-1D CNN",
     published_params=5_210,
     source="Greydanus 2020, Scaling down deep learning (MNIST-1D), ConvBase",
@@ -92,7 +90,7 @@ register(
             "tiny": Size({"features": (4, 8), "hidden": (16,)}, IMAGE_28),
             "small": TUTORIAL,
             "base": TUTORIAL,
-            "mnist1d": MNIST1D,
+            "mnist1d": CONVBASE,
         },
     )
 )

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from archs._transformer import Block, layer_norm, learned_positions
-from archs.registry import ArchSpec, InputSpec, Size, register
+from archs.registry import ROWS_28, ArchSpec, InputSpec, Size, register
 
 
 class Encoder(nn.Module):
@@ -102,7 +102,7 @@ register(
                     "max_len": 28,
                     "num_classes": 10,
                 },
-                InputSpec("sequence", (28, 28)),
+                ROWS_28,
             ),
             # BERT-base: L=12, H=768, A=12, F=3072, WordPiece 30,522, 512 positions, 2 segments;
             # dropout 0.1 on embeddings and sub-layer outputs. Benchmarked at 512 tokens.

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archs.registry import ArchSpec, InputSpec, Size, register
+from archs.registry import IMAGENET, ArchSpec, InputSpec, Size, register
 
 # One Inception module as the columns of Table 1:
 # (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
@@ -109,8 +109,6 @@ def scaled(stages: Sequence[Sequence[Widths]], divisor: int) -> tuple[tuple[Widt
         tuple(tuple(max(1, w // divisor) for w in widths) for widths in stage) for stage in stages
     )
 
-
-IMAGENET = InputSpec("image", (224, 224, 3))
 
 register(
     ArchSpec(

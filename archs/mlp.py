@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archs.registry import ArchSpec, InputSpec, Size, register
+from archs.registry import IMAGE_28, MNIST1D, ArchSpec, Size, register
 
 
 class MLP(nn.Module):
@@ -28,8 +28,6 @@ class MLP(nn.Module):
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
-
-IMAGE_28 = InputSpec("image", (28, 28, 1))
 
 register(
     ArchSpec(
@@ -56,7 +54,7 @@ register(
             # has the same parameters without it.
             "mnist1d": Size(
                 {"hidden": (100, 100), "num_classes": 10},
-                InputSpec("sequence", (40, 1)),
+                MNIST1D,
                 canonical="MNIST-1D MLP (without its skip connection)",
                 published_params=15_210,
                 source="Greydanus 2020, Scaling down deep learning (MNIST-1D), MLPBase",

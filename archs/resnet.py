@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archs.registry import ArchSpec, InputSpec, Size, register
+from archs.registry import IMAGENET, ArchSpec, InputSpec, Size, register
 
 ModuleDef = Any
 
@@ -119,7 +119,6 @@ class ResNet(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
 
-IMAGENET = InputSpec("image", (224, 224, 3))
 CIFAR = InputSpec("image", (32, 32, 3))
 CIFAR_STYLE = {"block_cls": BasicBlock, "stem": "cifar", "shortcut": "pad", "num_classes": 10}
 # The ImageNet counts are those of torchvision's resnet18/34/50, He et al.'s Table 1 models
