@@ -320,3 +320,30 @@ def test_recipes_are_well_formed(name):
     lo, hi = recipe.expected
     assert 0 <= lo <= hi <= (1 if recipe.metric == "accuracy" else 8)
     assert recipe.source
+
+
+@pytest.mark.parametrize("feed", ["device", "streamed"])
+def test_check_feed_times_every_setup_against_reused_batches(
+    cli_recipes, monkeypatch, capsys, feed
+):
+    from bench import check_feed
+
+    if feed == "streamed":  # a split too large for the device: only reused and feed apply
+        monkeypatch.setattr(feed_module, "DEVICE_SPLIT_MAX_BYTES", 0)
+    assert check_feed.main(["toy-mlp", "--rounds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"toy-mlp: {N_TRAIN // BATCH} steps an epoch, batch {BATCH}")
+    rows = {line.split()[0]: line.split()[1:] for line in lines[3:]}
+    want = check_feed.SETUPS if feed == "device" else ("reused", "feed")
+    assert tuple(rows) == want and rows["reused"][1] == "1.000"
+    assert all(float(ms) > 0 for ms, _ in rows.values())
+
+
+def test_check_feed_bad_input_is_one_line(capsys):
+    from bench import check_feed
+
+    assert check_feed.main(["no-such-recipe"]) == 2
+    assert check_feed.main(["mlp-mnist1d", "--rounds", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("check_feed: error:") for line in err)
+    assert "valid: " in err[0]
