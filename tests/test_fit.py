@@ -19,7 +19,7 @@ from archs.registry import UserError
 from bench.cli import main
 from train import data as data_module
 from train import feed as feed_module
-from train import loop as loop_module
+from train import fit as fit_module
 from train import recipes
 from train.checkpoint import Checkpoints
 from train.fit import fit, load_state
@@ -127,11 +127,16 @@ def test_prefetcher_keeps_order_and_reraises():
     p.close()
 
 
-def test_device_and_streamed_batches_equal_data_batches(data):
+@pytest.mark.parametrize("chunk_steps", [64, 2])  # one chunk an epoch; a second gathered mid-way
+def test_device_and_streamed_batches_equal_data_batches(data, monkeypatch, chunk_steps):
+    monkeypatch.setattr(feed_module, "CHUNK_STEPS", chunk_steps)
     split = _synthetic(data, 50, 0)
     want = list(data.batches(split, 16, seed=3, epoch=2))
     for device_split in (feed_module.on_device(split), None):
-        got = list(feed_module.epoch_batches(split, device_split, 16, seed=3, epoch=2))
+        feed = feed_module.EpochFeed(split, device_split, 16, seed=3, epoch=2)
+        got = list(feed)
+        assert next(feed, None) is None  # stays exhausted
+        feed.close()
         assert len(got) == len(want) == 3
         for g, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(np.asarray(g["x"]), w["x"])
@@ -177,15 +182,19 @@ def test_resume_equals_an_unbroken_run(data, tmp_path, monkeypatch, feed):
 
 
 def test_nan_stops_at_the_step_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
-    batches = loop_module.epoch_batches
+    class Poisoned(feed_module.EpochFeed):
+        def __init__(self, *args, epoch, **kw):
+            super().__init__(*args, epoch=epoch, **kw)
+            self.epoch, self.taken = epoch, 0
 
-    def poisoned(*args, epoch, **kw):
-        for i, batch in enumerate(batches(*args, epoch=epoch, **kw)):
-            if epoch == 2 and i == 2:  # the 9th step of the run
+        def __next__(self):
+            batch = super().__next__()
+            self.taken += 1
+            if self.epoch == 2 and self.taken == 3:  # the 9th step of the run
                 batch = {**batch, "x": batch["x"] * np.nan}
-            yield batch
+            return batch
 
-    monkeypatch.setattr(loop_module, "epoch_batches", poisoned)
+    monkeypatch.setattr(fit_module, "EpochFeed", Poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 9 \(epoch 2\)") as err:
         fit(toy_recipe(epochs=3), out_dir=tmp_path, progress=False)
     assert "last good checkpoint: epoch 1" in str(err.value) and "\n" not in str(err.value)

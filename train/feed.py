@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 
 import jax
@@ -80,31 +81,67 @@ def on_device(split):
     return jax.device_put((split.x, split.y))
 
 
-def epoch_batches(split, device_split, batch_size: int, *, seed: int, epoch: int):
+class EpochFeed:
     """The device batches of one training epoch, in the order of `data.batches`.
+
+    Making one starts the epoch's data work at once: the permutation and the gather of the
+    first chunk, dispatched on the device, or the prefetch thread. `fit` makes the next
+    epoch's feed while the device evaluates the test split, so an epoch's first step finds
+    its batch under way; `prep_s` is the host time making it took. Iterate it for the batches.
+    Close it after the epoch's clock stops: that frees the last chunk's arrays (or stops the
+    thread).
 
     Args:
       split: the split (host arrays).
       device_split: `on_device(split)`, or None to stream host batches through a Prefetcher.
       batch_size, seed, epoch: as `data.batches` (which drops the remainder).
-    Yields:
-      {"x", "y"} on the device.
     """
-    from train import data  # late: `archbench train --list` does not need TFDS
 
-    if device_split is None:
-        feed = Prefetcher(data.batches(split, batch_size, seed=seed, epoch=epoch))
-        try:
-            while (batch := feed.next()) is not None:
-                yield batch
-        finally:
-            feed.close()
-        return
-    steps = data.steps_per_epoch(len(split.y), batch_size)
-    order = data.permutation(len(split.y), seed=seed, epoch=epoch)
-    index = order[: steps * batch_size].reshape(steps, batch_size)
-    for start in range(0, steps, CHUNK_STEPS):
-        yield from _gather(*device_split, index[start : start + CHUNK_STEPS])  # dispatched
+    def __init__(self, split, device_split, batch_size: int, *, seed: int, epoch: int):
+        from train import data  # late: `archbench train --list` does not need TFDS
+
+        start = time.perf_counter()
+        self._prefetcher: Prefetcher | None = None
+        self._drained = False
+        self._held: tuple = ()  # the chunk of device batches being consumed
+        self._next = 0  # the position in it of the next batch
+        self._chunks: list[np.ndarray] = []  # index (K, B) of the chunks not yet gathered
+        if device_split is None:
+            self._prefetcher = Prefetcher(data.batches(split, batch_size, seed=seed, epoch=epoch))
+        else:
+            steps = data.steps_per_epoch(len(split.y), batch_size)
+            order = data.permutation(len(split.y), seed=seed, epoch=epoch)
+            index = order[: steps * batch_size].reshape(steps, batch_size)
+            self._device_split = device_split
+            self._chunks = [
+                index[s : s + CHUNK_STEPS] for s in range(CHUNK_STEPS, steps, CHUNK_STEPS)
+            ]
+            self._chunks.reverse()  # popped from the end
+            self._held = _gather(*device_split, index[:CHUNK_STEPS])  # dispatched
+        self.prep_s = time.perf_counter() - start
+
+    def __iter__(self) -> EpochFeed:
+        return self
+
+    def __next__(self) -> dict:
+        if self._prefetcher is not None:
+            batch = None if self._drained else self._prefetcher.next()
+            if batch is None:
+                self._drained = True  # the thread has ended; another get() would block
+                raise StopIteration
+            return batch
+        if self._next == len(self._held):
+            if not self._chunks:
+                raise StopIteration  # the chunk stays held until close()
+            self._held, self._next = _gather(*self._device_split, self._chunks.pop()), 0
+        batch = self._held[self._next]
+        self._next += 1
+        return batch
+
+    def close(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+        self._held, self._chunks = (), []
 
 
 def warm_up_gathers(device_split, steps: int, batch_size: int) -> None:

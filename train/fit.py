@@ -27,8 +27,8 @@ import numpy as np
 import archs
 from archs.registry import InputSpec, UserError
 from train.checkpoint import Checkpoints
-from train.feed import on_device, warm_up_gathers
-from train.loop import MetricsLog, Run, bpc, data_module, epoch_line
+from train.feed import EpochFeed, on_device, warm_up_gathers
+from train.loop import MetricsLog, Run, bpc, data_module, epoch_line, start_evaluation
 from train.recipes import Recipe
 from train.steps import TrainState, create_train_state, jit_train_step
 
@@ -204,15 +204,22 @@ def fit(
             meta["wall_s"] if meta else 0.0, progress,
         )  # fmt: skip
         device_train = on_device(train)
+
+        def feed(epoch: int) -> EpochFeed:
+            return EpochFeed(train, device_train, recipe.batch, seed=recipe.seed, epoch=epoch)
+
+        batches = None
         try:
             compile_s = _warm_up(state, train, device_train, recipe.batch, steps_per_epoch)
+            batches = feed(done + 1)
             for epoch in range(done + 1, total_epochs + 1):
-                state, train_rec = run.train_epoch(
-                    state, train, device_train, epoch, steps_per_epoch
-                )
+                state, train_rec = run.train_epoch(state, batches, epoch, steps_per_epoch)
                 if epoch == done + 1:
                     train_rec["compile_s"] = compile_s
-                test_rec = run.test_record(state, test, epoch)
+                evaluation = start_evaluation(state, test, recipe.eval_batch)
+                # The next epoch's data work, on the host while the device evaluates.
+                batches = feed(epoch + 1) if epoch < total_epochs else None
+                test_rec = run.test_record(evaluation, int(state.step), epoch)
                 log.write(train_rec)
                 log.write(test_rec)
                 meta = {
@@ -230,6 +237,8 @@ def fit(
                 if progress:
                     print(epoch_line(recipe, train_rec, test_rec, total_epochs), file=sys.stderr)
         finally:
+            if batches is not None:
+                batches.close()
             log.close()
     return _final(recipe, meta, out_dir)
 

@@ -1,9 +1,9 @@
 """One epoch of a fit: the timed train steps, the evaluation, and their metric records.
 
 `Run.train_epoch` dispatches `train.steps.jit_train_step` over one epoch's batches
-(`train.feed.epoch_batches`) and times how long the loop waits for each of them;
-`Run.test_record` evaluates the whole test split. Both check for NaN or infinite values and
-return the epoch's JSONL record.
+(a `train.feed.EpochFeed`) and times how long the loop waits for each of them;
+`start_evaluation` dispatches the eval steps over the test split and `Run.test_record` collects
+them. Both check for NaN or infinite values and return the epoch's JSONL record.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from archs.registry import UserError
-from train.feed import epoch_batches
+from train.feed import EpochFeed
 from train.recipes import Recipe
 from train.steps import TrainState, jit_eval_step, jit_train_step
 
@@ -80,23 +80,33 @@ def bpc(loss: float) -> float:
 # ---- evaluation --------------------------------------------------------------------------------
 
 
-def evaluate(state: TrainState, split, batch_size: int) -> dict[str, float]:
-    """Loss and accuracy over the whole split (remainder batch included), weighted by size."""
-    totals = {"loss": 0.0, "accuracy": 0.0}
-    n = 0
+def start_evaluation(state: TrainState, split, batch_size: int) -> dict:
+    """Dispatch the eval steps over the whole split (remainder batch included); the host is
+    free until `finish_evaluation` waits for their results."""
     start = time.perf_counter()
     batches = data_module().batches(
         split, batch_size, seed=0, epoch=0, shuffle=False, drop_remainder=False
     )
-    pending = []
-    for batch in batches:
-        pending.append((len(batch["y"]), jit_eval_step(state, batch)))
-    for size, metrics in jax.device_get(pending):
+    pending = [(len(batch["y"]), jit_eval_step(state, batch)) for batch in batches]
+    return {"pending": pending, "start": start}
+
+
+def finish_evaluation(started: dict) -> dict[str, float]:
+    """Loss and accuracy of `start_evaluation`'s split, weighted by batch size, and the
+    seconds since it started."""
+    totals = {"loss": 0.0, "accuracy": 0.0}
+    n = 0
+    for size, metrics in jax.device_get(started["pending"]):
         for k in totals:
             totals[k] += size * float(metrics[k])
         n += size
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - started["start"]
     return {**{k: v / n for k, v in totals.items()}, "examples": n, "seconds": seconds}
+
+
+def evaluate(state: TrainState, split, batch_size: int) -> dict[str, float]:
+    """Loss and accuracy over the whole split (remainder batch included), weighted by size."""
+    return finish_evaluation(start_evaluation(state, split, batch_size))
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -154,12 +164,13 @@ class Run:
         bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.4f}", refresh=False)
         return loss, accuracy
 
-    def train_epoch(self, state: TrainState, train, device_train, epoch: int, steps: int):
-        """One epoch of train steps; returns the new state and the epoch's train record."""
-        recipe = self.recipe
-        batches = epoch_batches(train, device_train, recipe.batch, seed=recipe.seed, epoch=epoch)
-        with contextlib.closing(batches):
-            return self._train_epoch(state, batches, epoch, steps)
+    def train_epoch(self, state: TrainState, feed: EpochFeed, epoch: int, steps: int):
+        """One epoch of train steps over `feed`, which it closes; returns the new state and the
+        epoch's train record."""
+        with contextlib.closing(feed):
+            state, record = self._train_epoch(state, feed, epoch, steps)
+        record["data_prep_s"] = feed.prep_s
+        return state, record
 
     def _train_epoch(self, state: TrainState, batches: Iterator[dict], epoch: int, steps: int):
         recipe = self.recipe
@@ -248,9 +259,9 @@ class Run:
             record["bits_per_char"] = bpc(loss)
         return record
 
-    def test_record(self, state: TrainState, test, epoch: int) -> dict:
-        ev = evaluate(state, test, self.recipe.eval_batch)
-        step = int(state.step)
+    def test_record(self, started: dict, step: int, epoch: int) -> dict:
+        """The test record of `start_evaluation`'s results, the state at `step`."""
+        ev = finish_evaluation(started)
         if not np.isfinite(ev["loss"]):
             raise self.diverged(f"test loss is {ev['loss']}", step, epoch)
         record = self._record(
