@@ -52,6 +52,13 @@ class TrainingRun:
             else None
         )
 
+    def data_wait(self) -> float | None:
+        """The time the train steps waited for data over the train time, summed over the
+        epoch lines (None for a log without them)."""
+        epochs = [r for r in self.split("train") if r.get("kind") == "epoch" and r.get("train_s")]
+        train_s = sum(r["train_s"] for r in epochs)
+        return sum(r.get("data_wait_s", 0.0) for r in epochs) / train_s if epochs else None
+
 
 def metric_value(record: dict, metric: str) -> float | None:
     if metric == "bits_per_char":
@@ -157,7 +164,7 @@ def curves_figure(run: TrainingRun):
 
 
 def training_table(runs: list[TrainingRun]) -> Table:
-    """Per run: epochs, steps, wall time, final test metric, expected band, verdict."""
+    """Per run: epochs, steps, wall time, data wait, final test metric, expected band, verdict."""
     rows = []
     for run in runs:
         last = run.records[-1]
@@ -185,10 +192,11 @@ def training_table(runs: list[TrainingRun]) -> Table:
                 num(units.plain(last.get("epoch"))),
                 num(units.plain(last.get("step"))),
                 num(units.seconds(last.get("wall_s"))),
+                num(units.percent(run.data_wait())),
                 num(shown),
                 num(band_text, band.source if band else ""),
                 verdict,
             ]
         )
-    cols = ["run", "epoch", "step", "wall time", "final test", "expected", "verdict"]
+    cols = ["run", "epoch", "step", "wall time", "data wait", "final test", "expected", "verdict"]
     return Table(cols, rows, cls="training")

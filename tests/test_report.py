@@ -81,6 +81,29 @@ def test_html_and_markdown_report(tmp_path, capsys):
     assert "<details>" in md
 
 
+def test_training_table_gives_the_data_wait_of_the_whole_run(tmp_path):
+    from bench import curves
+
+    def line(kind, split, epoch, **kw):
+        return {"kind": kind, "split": split, "epoch": epoch, "step": 10 * epoch, "loss": 1.0,
+                "accuracy": 0.9, "wall_s": float(epoch), **kw}  # fmt: skip
+
+    records = [
+        line("step", "train", 1, data_wait_s=0.3),  # a window: counted in its epoch line
+        line("epoch", "train", 1, data_wait_s=0.3, train_s=1.0),
+        line("epoch", "test", 1, data_wait_s=0.0, eval_s=0.5),
+        line("epoch", "train", 2, data_wait_s=0.1, train_s=3.0),
+        line("epoch", "test", 2, data_wait_s=0.0, eval_s=0.5),
+    ]
+    run = curves.TrainingRun("toy", tmp_path, records, None)
+    assert run.data_wait() == pytest.approx(0.1)  # (0.3 + 0.1) / (1 + 3)
+    table = curves.training_table([run])
+    assert table.rows[0][table.columns.index("data wait")].text == "10%"
+    no_epochs = curves.TrainingRun("old", tmp_path, records[:1], None)  # an older log format
+    assert no_epochs.data_wait() is None
+    assert curves.training_table([no_epochs]).rows[0][4].text == ""
+
+
 def test_scaling_plots_write_growth_exponents():
     rows = [{**r, "run": "cpu"} for r in results_rows(base_rows())]
     fig = plots.scaling_plot(rows, ["cpu"], "seq_len", "step_time_s", "seq", "Step time", (1, 2))
