@@ -12,9 +12,11 @@ def _finite(x) -> bool:
 
 
 def seconds(s: float | None) -> str:
-    """1.23 s, 45.6 ms, 789 µs, 12.0 ns; '' when unknown."""
+    """1,034 s, 1.23 s, 45.6 ms, 789 µs, 12.0 ns; '' when unknown."""
     if not _finite(s):
         return ""
+    if abs(s) >= 1000:  # whole seconds, not '1.03e+03 s'
+        return f"{s:,.0f} s"
     for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
         if abs(s) >= scale:
             return f"{s / scale:.3g} {unit}"

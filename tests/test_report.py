@@ -104,6 +104,15 @@ def test_training_table_gives_the_data_wait_of_the_whole_run(tmp_path):
     assert curves.training_table([no_epochs]).rows[0][4].text == ""
 
 
+def test_durations_read_as_plain_numbers():
+    from bench import units
+
+    assert [units.seconds(s) for s in (1034.29, 5.737, 0.0123, 7.89e-4, 1.2e-8, None)] == [
+        "1,034 s", "5.74 s", "12.3 ms", "789 µs", "12 ns", "",
+    ]  # fmt: skip
+    assert units.seconds_spread(1457.2, 12.0) == "1,457 ± 12 s"
+
+
 def test_scaling_plots_write_growth_exponents():
     rows = [{**r, "run": "cpu"} for r in results_rows(base_rows())]
     fig = plots.scaling_plot(rows, ["cpu"], "seq_len", "step_time_s", "seq", "Step time", (1, 2))
