@@ -3,7 +3,9 @@
 `fit(recipe, out_dir=...)` runs `train.steps.jit_train_step` over shuffled batches (seeded by
 the recipe's seed and the epoch, so a resumed run sees the same batches as an unbroken one),
 evaluates the whole test split with `jit_eval_step` after every epoch, and saves an orbax
-checkpoint after every `recipe.checkpoint_every` epochs. out_dir holds:
+checkpoint after every `recipe.checkpoint_every` epochs. The next epoch's feed (its
+permutation and first gather, `train.feed.EpochFeed`) is made while the device evaluates, so
+the epoch's first step does not wait for it. out_dir holds:
 
   metrics.jsonl   one JSON line per logged train window ("kind": "step") and one per epoch
                   and split ("kind": "epoch", split "train" or "test")
