@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+import threading
 from dataclasses import replace
 
 import jax
@@ -109,6 +110,16 @@ def test_eval_covers_the_whole_test_split(data):
     assert ev["accuracy"] == pytest.approx(ev_one["accuracy"])
 
 
+def _within_seconds(call, seconds: float = 10.0):
+    """call()'s result; fails (instead of hanging the suite) if it blocks for `seconds`."""
+    out = []
+    thread = threading.Thread(target=lambda: out.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert out, f"{call} still blocked after {seconds} s"
+    return out[0]
+
+
 def test_prefetcher_keeps_order_and_reraises():
     from train.feed import Prefetcher
 
@@ -121,6 +132,11 @@ def test_prefetcher_keeps_order_and_reraises():
     assert [int(p.next()["x"][0]) for _ in range(5)] == [0, 1, 2, 3, 4]
     with pytest.raises(UserError, match="bad batch"):
         p.next()
+    assert _within_seconds(p.next) is None  # ended: a further call returns, never blocks
+    p.close()
+    p = Prefetcher(iter([{"x": np.zeros(1)}]), depth=1)
+    assert p.next() is not None and p.next() is None
+    assert _within_seconds(p.next) is None
     p.close()
     p = Prefetcher(iter([{"x": np.zeros(1)}] * 10), depth=1)  # closed before it is drained
     p.next()
@@ -135,7 +151,7 @@ def test_device_and_streamed_batches_equal_data_batches(data, monkeypatch, chunk
     for device_split in (feed_module.on_device(split), None):
         feed = feed_module.EpochFeed(split, device_split, 16, seed=3, epoch=2)
         got = list(feed)
-        assert next(feed, None) is None  # stays exhausted
+        assert _within_seconds(lambda f=feed: next(f, None)) is None  # stays exhausted
         feed.close()
         assert len(got) == len(want) == 3
         for g, w in zip(got, want, strict=True):

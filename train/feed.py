@@ -27,6 +27,7 @@ class Prefetcher:
     def __init__(self, iterator: Iterator[dict], depth: int = 2):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._ended = False
         self._thread = threading.Thread(target=self._fill, args=(iterator,), daemon=True)
         self._thread.start()
 
@@ -49,11 +50,18 @@ class Prefetcher:
             self._put(e)
 
     def next(self) -> dict | None:
-        """The next batch, on the device and ready; None at the end of the iterator."""
+        """The next batch, on the device and ready; None at the end of the iterator (and on
+        every call after it, or after its error was raised: the thread has put its last item)."""
+        if self._ended:
+            return None
         item = self._queue.get()
         if isinstance(item, BaseException):
+            self._ended = True
             raise item
-        return None if item is self._END else jax.block_until_ready(item)
+        if item is self._END:
+            self._ended = True
+            return None
+        return jax.block_until_ready(item)
 
     def close(self) -> None:
         self._stop.set()
@@ -102,7 +110,6 @@ class EpochFeed:
 
         start = time.perf_counter()
         self._prefetcher: Prefetcher | None = None
-        self._drained = False
         self._held: tuple = ()  # the chunk of device batches being consumed
         self._next = 0  # the position in it of the next batch
         self._chunks: list[np.ndarray] = []  # index (K, B) of the chunks not yet gathered
@@ -125,9 +132,7 @@ class EpochFeed:
 
     def __next__(self) -> dict:
         if self._prefetcher is not None:
-            batch = None if self._drained else self._prefetcher.next()
-            if batch is None:
-                self._drained = True  # the thread has ended; another get() would block
+            if (batch := self._prefetcher.next()) is None:
                 raise StopIteration
             return batch
         if self._next == len(self._held):
