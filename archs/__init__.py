@@ -7,7 +7,7 @@ architectures. A new family is a new file here that calls `register`.
 import importlib
 import pkgutil
 
-from archs.registry import (
+from archbench.archs.registry import (
     ArchSpec,
     InputSpec,
     Size,
@@ -36,6 +36,12 @@ __all__ = [
     "param_count",
     "register",
 ]
+
+if __name__ != "archbench.archs":  # one module, one name: never also a top-level `archs`
+    raise ImportError(
+        f"{__name__!r}: the folder archs/ is the package archbench.archs; "
+        "import archbench.archs (pip install -e . in the repository)"
+    )
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _info.name != "registry" and not _info.name.startswith("_"):

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archs.registry import InputSpec
+from archbench.archs.registry import InputSpec
 
 TINY = InputSpec("sequence", (8, 4))
 

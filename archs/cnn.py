@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archs.registry import IMAGE_28, MNIST1D, ArchSpec, Size, register
+from archbench.archs.registry import IMAGE_28, MNIST1D, ArchSpec, Size, register
 
 
 class CNN(nn.Module):

@@ -7,8 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archs._transformer import Block, sinusoidal_positions
-from archs.registry import ArchSpec, InputSpec, Size, register
+from archbench.archs._transformer import Block, sinusoidal_positions
+from archbench.archs.registry import ArchSpec, InputSpec, Size, register
 
 
 class Transformer(nn.Module):

@@ -6,8 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archs._transformer import Block, layer_norm, learned_positions
-from archs.registry import ROWS_28, ArchSpec, InputSpec, Size, register
+from archbench.archs._transformer import Block, layer_norm, learned_positions
+from archbench.archs.registry import ROWS_28, ArchSpec, InputSpec, Size, register
 
 
 class Encoder(nn.Module):

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archs.registry import IMAGENET, ArchSpec, InputSpec, Size, register
+from archbench.archs.registry import IMAGENET, ArchSpec, InputSpec, Size, register
 
 # One Inception module as the columns of Table 1:
 # (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).

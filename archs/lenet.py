@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archs.registry import ArchSpec, InputSpec, Size, register
+from archbench.archs.registry import ArchSpec, InputSpec, Size, register
 
 
 class LeNet5(nn.Module):

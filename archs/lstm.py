@@ -4,8 +4,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archs._recurrent import TINY, RecurrentClassifier, RecurrentLayer
-from archs.registry import MNIST1D, ROWS_28, ArchSpec, Size, register
+from archbench.archs._recurrent import TINY, RecurrentClassifier, RecurrentLayer
+from archbench.archs.registry import MNIST1D, ROWS_28, ArchSpec, Size, register
 
 
 def forget_bias_init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archs.registry import IMAGENET, ArchSpec, InputSpec, Size, register
+from archbench.archs.registry import IMAGENET, ArchSpec, InputSpec, Size, register
 
 ModuleDef = Any
 

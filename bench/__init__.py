@@ -1,1 +1,108 @@
-"""Benchmarking: measurement of one cell, the matrix, result files, reports and the CLI."""
+"""archbench: how fast is this architecture on this accelerator, and how does it train?
+
+The Python API: the zoo's registry and the measurement of one benchmark cell.
+
+    import archbench
+    archbench.list_archs("resnet*")                # ['resnet']
+    archbench.get("gpt").sizes                     # the sizes of a family
+    record = archbench.measure("mlp", "tiny", mode="train", batch=8)
+    record["step_time_s"], record["flops_per_step"], record["compiled_bytes"]
+
+The package's rooms, in the order imports may point (each imports only rooms after it):
+archbench.cli (the `archbench` command) -> archbench.checks (harness checks) ->
+archbench.report -> archbench.matrix (the pytest-benchmark suite, result files) ->
+archbench.engine (one cell) -> archbench.train -> archbench.archs; archbench.units and
+archbench.text (formatting) import nothing of archbench. See docs/design.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ != "archbench" and "_pytest" not in sys.modules:
+    # The folder bench/ is installed as the package `archbench`. pytest, collecting the matrix
+    # suite (bench/matrix/test_matrix.py) from a checkout, imports it once more as `bench`.
+    raise ImportError(
+        f"{__name__!r}: the folder bench/ is the package archbench; "
+        "import archbench (pip install -e . in the repository)"
+    )
+
+from importlib import metadata
+
+import jax
+
+from archbench import archs
+from archbench.archs import ArchSpec, UserError
+from archbench.engine import measure as _engine
+
+__all__ = ["ArchSpec", "UserError", "__version__", "get", "list_archs", "measure", "param_count"]
+
+try:
+    __version__ = metadata.version("archbench")
+except metadata.PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "unknown"
+
+# The matrix's default seconds of timed rounds per cell (archbench.matrix.session).
+TARGET_S = 1.5
+
+
+def list_archs(pattern: str = "*") -> list[str]:
+    """The registered architecture names matching a wildcard, sorted: `list_archs('res*')`."""
+    return archs.names(pattern)
+
+
+def get(name: str) -> ArchSpec:
+    """The spec of architecture `name` (family, sizes, input, task); raises UserError naming
+    the valid names for an unknown one."""
+    return archs.get(name)
+
+
+def param_count(name: str, size: str) -> int:
+    """Parameters of `name` at `size`, counted from shapes alone (nothing is allocated)."""
+    return archs.param_count(name, size)
+
+
+def measure(
+    arch: str,
+    size: str,
+    *,
+    mode: str = "train",
+    batch: int | str = 32,
+    dtype: str = "float32",
+    devices: int = 1,
+    seq_len: int | None = None,
+    target_s: float = TARGET_S,
+) -> dict:
+    """Measure one benchmark cell, as one cell of `archbench run` does.
+
+    Args:
+      arch, size: a registered architecture and one of its sizes.
+      mode: "train" (one optax AdamW step) or "infer" (a forward pass).
+      batch: the global batch, split over `devices`; "auto" for the largest devices * 2**k
+        that compiles and runs.
+      dtype: the compute dtype, "float32" or "bfloat16" (parameters stay float32).
+      devices: data parallel over the first `devices` devices JAX sees.
+      seq_len: a sequence length other than the model's own (sequence models only).
+      target_s: seconds of timed rounds.
+    Returns:
+      The record the matrix stores in a results file's `extra_info`: step time median and
+      IQR, samples/s, FLOPs, memory, compile time, MFU (archbench.engine.outcome.RESULT_KEYS).
+      A model that fails to build, compile or run gives status "oom" or "error" with a
+      one-line "error" instead of raising.
+    Raises:
+      UserError (one line, naming the valid choices) for an unknown name or a bad value.
+    """
+    auto = batch == "auto"
+    cell = _engine.Cell(arch, size, mode, devices if auto else batch, dtype, devices, seq_len)
+    _engine.validate(cell)
+    # the project's PRNG: "rbg" initialises models without a kernel per parameter shape
+    with jax.default_prng_impl(os.environ.get("JAX_DEFAULT_PRNG_IMPL", "rbg")):
+        if auto:
+            cell = _engine.Cell(
+                arch, size, mode, _engine.find_max_batch(cell), dtype, devices, seq_len
+            )
+        record = _engine.measure_cell(cell, target_s=target_s)
+    if auto:
+        record["batch_request"] = "auto"
+    return record

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-# Tests run on the CPU unless told otherwise, with the project's PRNG (see bench/cli.py).
+# Tests run on the CPU unless told otherwise, with the project's PRNG (see archbench/cli/main.py).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
 
@@ -10,7 +10,7 @@ os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
 @pytest.fixture(scope="session")
 def lstm_infer():
     """LSTM small over 8 steps (a short sequence keeps the unrolled lowering cheap)."""
-    from bench.measure import Cell, prepare  # after the environment above is set
+    from archbench.engine.measure import Cell, prepare  # after the environment above is set
 
     cell = Cell("lstm", "small", "infer", 16, "float32", seq_len=8)
     return cell, prepare(cell)

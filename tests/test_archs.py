@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-import archs
-from train.steps import create_train_state, jit_train_step, synthetic_batch
+from archbench import archs
+from archbench.train.steps import create_train_state, jit_train_step, synthetic_batch
 
 ALL = archs.names()
 PUBLISHED = [(n, s) for n, s in archs.cells() if archs.get(n).size(s).published_params is not None]

@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-import archs
-from bench.cli import main
+from archbench import archs
+from archbench.cli.main import main
 
 
 def test_list_json_has_one_row_per_arch_and_size(capsys):
@@ -40,7 +40,7 @@ def test_bad_arguments_give_one_line_and_status_2(argv, capsys):
 
 def test_console_script_exit_status():
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "list", "nosuch"], capture_output=True, text=True
+        [sys.executable, "-m", "archbench", "list", "nosuch"], capture_output=True, text=True
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "valid:" in proc.stderr
@@ -49,7 +49,7 @@ def test_console_script_exit_status():
 def test_closed_pipe_is_not_a_traceback():
     """`archbench list --json | true`: the reader is gone before the output is written."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.cli", "list", "--json"],
+        [sys.executable, "-m", "archbench", "list", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

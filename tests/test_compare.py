@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from bench import compare, results
-from bench.cli import main
+from archbench.cli.main import main
+from archbench.matrix import results
+from archbench.report import compare
 
 FAMILIES = {"mlp": "MLP", "lenet5": "LeNet-5", "lstm": "LSTM", "encoder": "Transformer encoder"}
 

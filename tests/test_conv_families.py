@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import archs
-from archs.resnet import BasicBlock, Bottleneck
+from archbench import archs
+from archbench.archs.resnet import BasicBlock, Bottleneck
 
 
 def key(seed: int) -> jax.Array:

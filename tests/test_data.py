@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from archs import InputSpec, UserError
-from train import data, idx_builder, local_data
+from archbench.archs import InputSpec, UserError
+from archbench.train import data, idx_builder, local_data
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 

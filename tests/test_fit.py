@@ -16,16 +16,16 @@ import jax
 import numpy as np
 import pytest
 
-from archs.registry import UserError
-from bench.cli import main
-from train import data as data_module
-from train import feed as feed_module
-from train import fit as fit_module
-from train import recipes
-from train.checkpoint import Checkpoints
-from train.fit import fit, load_state
-from train.loop import LOG_KEYS, TrainingDiverged
-from train.recipes import Constant, Optimizer, Recipe
+from archbench.archs.registry import UserError
+from archbench.cli.main import main
+from archbench.train import data as data_module
+from archbench.train import feed as feed_module
+from archbench.train import fit as fit_module
+from archbench.train import recipes
+from archbench.train.checkpoint import Checkpoints
+from archbench.train.fit import fit, load_state
+from archbench.train.loop import LOG_KEYS, TrainingDiverged
+from archbench.train.recipes import Constant, Optimizer, Recipe
 
 N_TRAIN, N_TEST, BATCH = 96, 40, 16  # 6 steps per epoch; the test split has a remainder batch
 
@@ -98,8 +98,8 @@ def test_fit_logs_jsonl_and_checkpoints(data, tmp_path, monkeypatch, feed):
 
 
 def test_eval_covers_the_whole_test_split(data):
-    from train.fit import initial_state
-    from train.loop import evaluate
+    from archbench.train.fit import initial_state
+    from archbench.train.loop import evaluate
 
     split = _synthetic(data, N_TEST, 1)
     state, _ = initial_state(toy_recipe(), split.x, 1)
@@ -121,7 +121,7 @@ def _within_seconds(call, seconds: float = 10.0):
 
 
 def test_prefetcher_keeps_order_and_reraises():
-    from train.feed import Prefetcher
+    from archbench.train.feed import Prefetcher
 
     def gen():
         for i in range(5):
@@ -351,7 +351,7 @@ def test_recipes_are_well_formed(name):
 def test_check_feed_times_every_setup_against_reused_batches(
     cli_recipes, monkeypatch, capsys, feed
 ):
-    from bench import check_feed
+    from archbench.checks import feed as check_feed
 
     if feed == "streamed":  # a split too large for the device: only reused and feed apply
         monkeypatch.setattr(feed_module, "DEVICE_SPLIT_MAX_BYTES", 0)
@@ -365,7 +365,7 @@ def test_check_feed_times_every_setup_against_reused_batches(
 
 
 def test_check_feed_bad_input_is_one_line(capsys):
-    from bench import check_feed
+    from archbench.checks import feed as check_feed
 
     assert check_feed.main(["no-such-recipe"]) == 2
     assert check_feed.main(["mlp-mnist1d", "--rounds", "0"]) == 2

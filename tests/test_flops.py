@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import archs
-from bench import analysis, measure
-from bench.measure import Cell
+from archbench import archs
+from archbench.engine import analysis, measure
+from archbench.engine.measure import Cell
 
 
 def flops(cell: Cell) -> tuple[float, measure.Prepared]:

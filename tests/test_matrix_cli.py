@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import archs
-from bench import matrix, measure, results
-from bench.cli import main
+from archbench import archs
+from archbench.cli.main import main
+from archbench.engine import measure
+from archbench.matrix import cells, results, session
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ["run", "--arch", "mlp,lenet5", "--size", "tiny", "--mode", "train,infer"]
@@ -26,7 +27,7 @@ METRICS |= {"peak_bytes", "backend", "device_kind", "cell_id"}
 
 
 def rows_by_id(path) -> dict:
-    return {matrix.row_key(r): r for r in results.load_results(path)["benchmarks"]}
+    return {session.row_key(r): r for r in results.load_results(path)["benchmarks"]}
 
 
 def one_line_error(capsys) -> str:
@@ -45,14 +46,14 @@ def first_run(tmp_path_factory):
 
 
 def test_default_selection_is_the_main_job():
-    requests = matrix.select()
+    requests = cells.select()
     assert {(r.arch, r.size, r.mode) for r in requests} == {
         (a, "small", m) for a in archs.names() for m in ("train", "infer")
     }
     assert {(r.batch, r.dtype, r.devices, r.seq_len) for r in requests} == {
         (32, "float32", 1, None)
     }
-    auto = matrix.select(arch="gpt", size="tiny", mode="train", batch="auto", seq_len="8")
+    auto = cells.select(arch="gpt", size="tiny", mode="train", batch="auto", seq_len="8")
     assert [r.id for r in auto] == ["gpt-tiny-train-bauto-float32-d1-t8"]
 
 
@@ -67,7 +68,7 @@ def test_run_writes_pytest_benchmark_json(first_run):
         assert {"name", "fullname", "params", "stats", "extra_info", "options"} <= row.keys()
         assert row["name"] == f"test_cell[{row['param']}]"
         assert {"median", "iqr", "rounds", "data"} <= row["stats"].keys()
-        assert row["stats"]["rounds"] >= matrix.MIN_ROUNDS
+        assert row["stats"]["rounds"] >= session.MIN_ROUNDS
         assert row["extra_info"].keys() >= METRICS, row["extra_info"].keys()
         assert row["extra_info"]["status"] == "ok" and row["extra_info"]["step_time_s"] > 0
         assert row["params"]["arch"] in ("mlp", "lenet5") and row["params"]["batch"] == 32
@@ -116,7 +117,7 @@ def test_resume_runs_only_missing_and_failed_cells(first_run, tmp_path, monkeypa
 
 HANG_AFTER_ONE_CELL = """
 import sys, time
-from bench import measure
+from archbench.engine import measure
 real_prepare, calls = measure.prepare, []
 def prepare(cell):
     calls.append(cell)
@@ -124,7 +125,7 @@ def prepare(cell):
         time.sleep(600)  # the second cell never finishes: the run is killed here
     return real_prepare(cell)
 measure.prepare = prepare
-from bench.cli import main
+from archbench.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -194,7 +195,7 @@ def test_existing_results_need_resume_or_overwrite(first_run, capsys):
 
 def test_console_script_bad_input_has_no_traceback():
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "run", "--arch", "nosuch"],
+        [sys.executable, "-m", "archbench", "run", "--arch", "nosuch"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -255,7 +256,7 @@ def test_report_names_the_bad_file(content, expect, first_run, tmp_path, capsys)
 
 def test_seq_len_applies_per_size_not_per_architecture():
     """mlp's `small` takes images and its `mnist1d` size a sequence: only the latter varies."""
-    mixed = matrix.select(arch="mlp,lstm", size="small", mode="infer", seq_len="64")
+    mixed = cells.select(arch="mlp,lstm", size="small", mode="infer", seq_len="64")
     assert {(r.arch, r.seq_len) for r in mixed} == {("mlp", None), ("lstm", 64)}
-    (one,) = matrix.select(arch="mlp", size="mnist1d", mode="infer", seq_len="64")
+    (one,) = cells.select(arch="mlp", size="mnist1d", mode="infer", seq_len="64")
     assert one.seq_len == 64

@@ -16,10 +16,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import archs
-from archs.registry import ArchSpec, InputSpec, Size
-from bench import check_harness, measure, peaks
-from bench.measure import Cell
+from archbench import archs
+from archbench.archs.registry import ArchSpec, InputSpec, Size
+from archbench.checks import harness as check_harness
+from archbench.engine import measure, peaks
+from archbench.engine.measure import Cell
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"target_s": 0.2, "min_round_s": 0.01, "warmup": 1}
@@ -268,7 +269,7 @@ def test_check_harness_rejects_bad_cells(capsys):
 MULTI_DEVICE = textwrap.dedent(
     """
     import json, jax, numpy as np
-    from bench.measure import Cell, prepare, summarize, time_rounds
+    from archbench.engine.measure import Cell, prepare, summarize, time_rounds
     one, eight = (Cell("mlp", "tiny", "train", 32, "float32", devices=d) for d in (1, 8))
     p1, p8 = prepare(one), prepare(eight)
     x = p8.inputs["x"]

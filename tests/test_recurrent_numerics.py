@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-import archs
+from archbench import archs
 
 B = 3
 

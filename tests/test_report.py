@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import plots, results
-from bench.cli import main
+from archbench.cli.main import main
+from archbench.matrix import results
+from archbench.report import plots
 from tests.test_compare import make_row, write_results
 
 CHROMIUM = next(
@@ -82,7 +83,7 @@ def test_html_and_markdown_report(tmp_path, capsys):
 
 
 def test_training_table_gives_the_data_wait_of_the_whole_run(tmp_path):
-    from bench import curves
+    from archbench.report import curves
 
     def line(kind, split, epoch, **kw):
         return {"kind": kind, "split": split, "epoch": epoch, "step": 10 * epoch, "loss": 1.0,
@@ -105,7 +106,7 @@ def test_training_table_gives_the_data_wait_of_the_whole_run(tmp_path):
 
 
 def test_durations_read_as_plain_numbers():
-    from bench import units
+    from archbench import units
 
     assert [units.seconds(s) for s in (1034.29, 5.737, 0.0123, 7.89e-4, 1.2e-8, None)] == [
         "1,034 s", "5.74 s", "12.3 ms", "789 µs", "12 ns", "",
@@ -225,7 +226,7 @@ def test_report_in_headless_chromium(tmp_path):
 @pytest.mark.slow
 def test_report_of_a_fresh_real_run(tmp_path):
     out = tmp_path / "real.json"
-    cmd = [sys.executable, "-m", "bench.cli", "run", "--arch", "mlp", "--size", "tiny",
+    cmd = [sys.executable, "-m", "archbench", "run", "--arch", "mlp", "--size", "tiny",
            "--mode", "infer", "--batch", "8,16", "--target-s", "0.05", "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

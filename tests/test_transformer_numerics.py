@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import archs
-from archs._transformer import MultiHeadAttention, sinusoidal_positions
+from archbench import archs
+from archbench.archs._transformer import MultiHeadAttention, sinusoidal_positions
 
 
 def _naive_attention(params, x, context, num_heads, causal):

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from train.steps import TrainState
+from archbench.train.steps import TrainState
 
 
 def state_tree(state: TrainState) -> dict[str, Any]:

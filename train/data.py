@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from archs.registry import InputSpec, UserError, unknown
-from train import local_data
+from archbench.archs.registry import InputSpec, UserError, unknown
+from archbench.train import local_data
 
 SPLITS = ("train", "test")
 
@@ -227,7 +227,7 @@ def _images(images: np.ndarray, labels: np.ndarray) -> ArraySplit:
 
 
 def _load_idx(name: str, split: str, data_dir) -> ArraySplit:
-    from train import idx_builder  # imports TFDS: only when an IDX dataset is loaded
+    from archbench.train import idx_builder  # imports TFDS: only when an IDX dataset is loaded
 
     source = idx_builder.source_dir_for(name, data_dir)
     if data_dir is not None and not source.is_dir():  # asked for, not there: say so

@@ -106,7 +106,7 @@ class EpochFeed:
     """
 
     def __init__(self, split, device_split, batch_size: int, *, seed: int, epoch: int):
-        from train import data  # late: `archbench train --list` does not need TFDS
+        from archbench.train import data  # late: `archbench train --list` does not need TFDS
 
         start = time.perf_counter()
         self._prefetcher: Prefetcher | None = None

@@ -26,13 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import archs
-from archs.registry import InputSpec, UserError
-from train.checkpoint import Checkpoints
-from train.feed import EpochFeed, on_device, warm_up_gathers
-from train.loop import MetricsLog, Run, bpc, data_module, epoch_line, start_evaluation
-from train.recipes import Recipe
-from train.steps import TrainState, create_train_state, jit_train_step
+from archbench import archs
+from archbench.archs.registry import InputSpec, UserError
+from archbench.train.checkpoint import Checkpoints
+from archbench.train.feed import EpochFeed, on_device, warm_up_gathers
+from archbench.train.loop import MetricsLog, Run, bpc, data_module, epoch_line, start_evaluation
+from archbench.train.recipes import Recipe
+from archbench.train.steps import TrainState, create_train_state, jit_train_step
 
 # ---- inputs ------------------------------------------------------------------------------------
 

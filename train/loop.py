@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from archs.registry import UserError
-from train.feed import EpochFeed
-from train.recipes import Recipe
-from train.steps import TrainState, jit_eval_step, jit_train_step
+from archbench.archs.registry import UserError
+from archbench.train.feed import EpochFeed
+from archbench.train.recipes import Recipe
+from archbench.train.steps import TrainState, jit_eval_step, jit_train_step
 
 LOG_KEYS = (
     "kind", "step", "epoch", "split", "loss", "accuracy", "lr",
@@ -39,7 +39,7 @@ class TrainingDiverged(UserError):
 
 def data_module():
     """The data module (imported late: the CLI's --list and --help do not need it)."""
-    return importlib.import_module("train.data")
+    return importlib.import_module("archbench.train.data")
 
 
 # ---- metrics -----------------------------------------------------------------------------------

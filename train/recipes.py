@@ -13,7 +13,7 @@ from typing import Any
 
 import optax
 
-from archs.registry import UserError, unknown
+from archbench.archs.registry import UserError, unknown
 
 METRICS = ("accuracy", "bits_per_char")
 

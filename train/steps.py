@@ -16,7 +16,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from archs.registry import InputSpec, init_variables
+from archbench.archs.registry import InputSpec, init_variables
 
 Batch = dict[str, Any]
 

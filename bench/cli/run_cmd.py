@@ -1,7 +1,7 @@
 """`archbench run`: check the filters and the results file, then run the matrix under pytest.
 
 Everything a user can get wrong is checked here, before pytest starts and before the results
-file is touched; the matrix itself (bench/test_matrix.py) runs in this process through
+file is touched; the matrix itself (archbench/matrix/test_matrix.py) runs in this process through
 `pytest.main`, with a progress bar on stderr.
 """
 
@@ -14,9 +14,10 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from archs import UserError
-from bench import results
+from archbench.archs import UserError
+from archbench.matrix import results, session
 
+HELP = "run the benchmark matrix"
 RESULTS_DIR = Path("results")
 FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len")
 
@@ -97,7 +98,7 @@ def check_out(path: Path, resume: bool, overwrite: bool, info: dict) -> dict | N
 
 def pytest_args(args, out: Path) -> list[str]:
     """The command line of the matrix: the suite, isolated from the project's pytest setup."""
-    suite = Path(__file__).with_name("test_matrix.py")
+    suite = Path(session.__file__).with_name("test_matrix.py")
     argv = [
         str(suite),
         "-o",
@@ -136,11 +137,12 @@ def summary(path: Path) -> tuple[str, int]:
 def run(args) -> int:
     import pytest
 
-    from bench import matrix, measure
+    from archbench.engine import measure
+    from archbench.matrix import cells
 
     if args.target_s is not None and not args.target_s > 0:
         raise UserError(f"--target-s {args.target_s}: must be positive")
-    requests = matrix.select(**{name: getattr(args, name) for name in FILTERS})
+    requests = cells.select(**{name: getattr(args, name) for name in FILTERS})
     info = measure.device_info()
     out = resolve_out(args.out, args.resume, info)
     check_out(out, args.resume, args.overwrite, info)

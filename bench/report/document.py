@@ -12,17 +12,13 @@ flat row with every number.
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from archs import UserError
-from bench import compare, results, units
-
-DEFAULT_HTML = "report.html"
+from archbench import units
+from archbench.matrix import results
+from archbench.report import compare
 
 
 @dataclass
@@ -79,7 +75,7 @@ def _label(env: dict) -> str:
 
 def load_runs(paths) -> list[Run]:
     """Read each results file (a bad one: UserError naming it) and give its run a unique label."""
-    from bench.plots import RUN_COLORS
+    from archbench.report.plots import RUN_COLORS
 
     runs = []
     for path in paths:
@@ -107,7 +103,7 @@ def _short_commit(env: dict) -> str:
 
 
 def _cards(runs: list[Run], comparisons):
-    from bench.render import Card, Cards
+    from archbench.report.render import Card, Cards
 
     cards = []
     for i, run in enumerate(runs):
@@ -130,8 +126,8 @@ def _cards(runs: list[Run], comparisons):
 
 
 def _speedup_section(runs: list[Run], comparisons):
-    from bench import plots, tables
-    from bench.render import Details, Section
+    from archbench.report import plots, tables
+    from archbench.report.render import Details, Section
 
     blocks = [
         "Speedup = step time of the first run / step time of this run, over the cells both "
@@ -151,7 +147,7 @@ def _speedup_section(runs: list[Run], comparisons):
 
 
 def _figures(rows: list[dict], labels: list[str]) -> list:
-    from bench import plots, tables
+    from archbench.report import plots, tables
 
     headline = tables.headline_rows(rows)
     seq_rows = [r for r in rows if r.get("seq_len")]
@@ -180,8 +176,8 @@ def _figures(rows: list[dict], labels: list[str]) -> list:
 
 def build_sections(runs: list[Run], training_dirs=()) -> list:
     """Everything the report shows, in order, whatever the output format."""
-    from bench import curves, tables
-    from bench.render import Details, Section
+    from archbench.report import curves, tables
+    from archbench.report.render import Details, Section
 
     rows = [r for run in runs for r in run.rows]
     labels = [run.label for run in runs]
@@ -238,7 +234,7 @@ def write_report(paths, html_out=None, md_out=None, training_dirs=()) -> list[Pa
     Returns:
       The files written.
     """
-    from bench import render
+    from archbench.report import render
 
     runs = load_runs(paths)
     sections = build_sections(runs, training_dirs)
@@ -254,45 +250,3 @@ def write_report(paths, html_out=None, md_out=None, training_dirs=()) -> list[Pa
         results.write_atomic(md_out, render.to_markdown(title, subtitle, sections, plot_dir))
         written.append(md_out)
     return written
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `archbench report` that ask for the HTML and Markdown report."""
-    p.add_argument(
-        "-o",
-        "--out",
-        metavar="HTML",
-        help=f"HTML report (default: {DEFAULT_HTML}, when no other output is asked for)",
-    )
-    p.add_argument("--md", metavar="FILE", help="Markdown report; plots go to <stem>_files/")
-    p.add_argument(
-        "--runs",
-        nargs="+",
-        default=[],
-        metavar="DIR",
-        help="training run directories (or their parent, e.g. runs/) to draw curves from",
-    )
-
-
-def check_output(option: str, target: str | None, inputs: list[str]) -> None:
-    """Refuse an output path that is one of the input files or a directory (one-line error)."""
-    if not target or target == "-":
-        return
-    for f in inputs:
-        try:
-            if os.path.samefile(target, f):
-                raise UserError(f"{option} {target} is one of the input files")
-        except OSError:
-            pass
-    if Path(target).is_dir():
-        raise UserError(f"{option} {target} is a directory")
-
-
-def run(args, default_html: bool = True) -> int:
-    """Write the reports asked for by -o/--md (report.html when neither is, if default_html)."""
-    html_out = args.out or (DEFAULT_HTML if default_html and not args.md else None)
-    for option, target in (("-o", html_out), ("--md", args.md)):
-        check_output(option, target, args.files)
-    for path in write_report(args.files, html_out, args.md, args.runs):
-        print(f"archbench: wrote {path}", file=sys.stderr)
-    return 0

@@ -1,6 +1,6 @@
 """Check the harness against a bare loop: does measure_cell time what a hand-written loop times?
 
-    python -m bench.check_harness [--cells mlp-small-train-b32-float32,...] [--tolerance 0.05]
+    python -m archbench.checks.harness [--cells mlp-small-train-b32-float32,...] [--tolerance 0.05]
 
 For each cell, measure_cell's median step time is compared with the median per-step time of
 a bare loop (jit, warm up, N steps, one block_until_ready at the end; repeated K times, half
@@ -20,26 +20,17 @@ import time
 import jax
 import optax
 
-import archs
-from bench.cell import DTYPES, Cell, from_id, input_spec, validate
-from bench.measure import measure_cell
-from train.steps import create_train_state, jit_train_step, predict, synthetic_batch
+from archbench import archs
+from archbench.engine.cell import DTYPES, Cell, from_id, input_spec, validate
+from archbench.engine.measure import measure_cell
+from archbench.text import format_table
+from archbench.train.steps import create_train_state, jit_train_step, predict, synthetic_batch
 
 DEFAULT_CELLS = (
     "mlp-small-train-b32-float32",
     "lenet5-small-train-b32-float32",
     "cnn-small-infer-b32-float32",
 )
-
-
-def format_table(rows: list[dict], columns: list[str]) -> str:
-    """Left-aligned text table of string cells."""
-    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = [columns, ["-" * w for w in widths], *cells]
-    return "\n".join(
-        "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines
-    )
 
 
 class BareLoop:
@@ -120,7 +111,7 @@ def check(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.check_harness", description=__doc__.splitlines()[0]
+        prog="python -m archbench.checks.harness", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--cells", default=",".join(DEFAULT_CELLS), help="comma list of cell ids")
     parser.add_argument("--tolerance", type=float, default=0.05, help="allowed |ratio - 1| (0.05)")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-import archs
-from train import recipes
+from archbench import archs
+from archbench.text import format_table
+from archbench.train import recipes
 
 HELP = "train a named recipe and check it against its published result"
 
@@ -56,8 +57,6 @@ def run(args) -> int:
         if args.json:
             print(json.dumps(rows, indent=1))
         else:
-            from bench.cli import format_table  # bench.cli imports this module
-
             print(format_table(rows, ["recipe", "arch", "dataset", "epochs", "batch", "expected"]))
         return 0
     if not args.recipe:
@@ -65,7 +64,7 @@ def run(args) -> int:
             f"train: name a recipe or pass --list; recipes: {', '.join(recipes.names())}"
         )
     recipe = recipes.get(args.recipe)
-    from train.fit import fit  # jax, orbax and tqdm load only when training
+    from archbench.train.fit import fit  # jax, orbax and tqdm load only when training
 
     final = fit(
         recipe,

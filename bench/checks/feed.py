@@ -1,6 +1,6 @@
 """Check what the training feed costs: one epoch of train steps, fed four ways, side by side.
 
-    python -m bench.check_feed [RECIPE] [--rounds 100]
+    python -m archbench.checks.feed [RECIPE] [--rounds 100]
 
 Each round runs one epoch of the recipe's `jit_train_step` per setup, the setups in a new
 random order every round (so drift on a shared machine hits them all alike):
@@ -28,11 +28,11 @@ import time
 import jax
 import numpy as np
 
-from archs import UserError
-from bench.check_harness import format_table
-from train import data, feed, recipes
-from train.fit import initial_state, load_splits
-from train.steps import jit_train_step
+from archbench.archs import UserError
+from archbench.text import format_table
+from archbench.train import data, feed, recipes
+from archbench.train.fit import initial_state, load_splits
+from archbench.train.steps import jit_train_step
 
 SETUPS = ("reused", "order", "gather", "feed")
 
@@ -88,7 +88,7 @@ def check(recipe: recipes.Recipe, rounds: int, data_dir: str | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.check_feed", description=__doc__.splitlines()[0]
+        prog="python -m archbench.checks.feed", description=__doc__.splitlines()[0]
     )
     parser.add_argument("recipe", nargs="?", default="mlp-mnist1d", help="a recipe name")
     parser.add_argument("--rounds", type=int, default=100, help="epochs of each setup (100)")

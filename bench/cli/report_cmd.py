@@ -1,18 +1,26 @@
 """`archbench report FILE...`: flat rows of one or more results files, and the HTML report.
 
 The flat outputs are a table of (option, writer) pairs, OUTPUTS: `--json`, `--csv` (a file,
-or '-' for stdout) and `--table` (text on stdout). The HTML and Markdown report is the module
-bench/report.py (its own options, `-o` and `--md`, and its `run`); it runs when its options
-ask for it or when no flat output is asked for.
+or '-' for stdout) and `--table` (text on stdout). The HTML and Markdown report
+(archbench.report.document) is written when `-o` or `--md` asks for it, or when no flat output
+is asked for.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from bench import report, results
+from archbench.archs import UserError
+from archbench.matrix import results
+from archbench.report.document import write_report
+from archbench.text import format_table
+
+HELP = "HTML/Markdown report, or flat rows (--json, --csv, --table)"
+DEFAULT_HTML = "report.html"
 
 TABLE_COLUMNS = [
     "arch",
@@ -31,12 +39,54 @@ TABLE_COLUMNS = [
 ]
 
 
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `archbench report` that ask for the HTML and Markdown report."""
+    p.add_argument(
+        "-o",
+        "--out",
+        metavar="HTML",
+        help=f"HTML report (default: {DEFAULT_HTML}, when no other output is asked for)",
+    )
+    p.add_argument("--md", metavar="FILE", help="Markdown report; plots go to <stem>_files/")
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="training run directories (or their parent, e.g. runs/) to draw curves from",
+    )
+
+
+def check_output(option: str, target: str | None, inputs: list[str]) -> None:
+    """Refuse an output path that is one of the input files or a directory (one-line error)."""
+    if not target or target == "-":
+        return
+    for f in inputs:
+        try:
+            if os.path.samefile(target, f):
+                raise UserError(f"{option} {target} is one of the input files")
+        except OSError:
+            pass
+    if Path(target).is_dir():
+        raise UserError(f"{option} {target} is a directory")
+
+
+def write_reports(args, default_html: bool = True) -> int:
+    """Write the reports asked for by -o/--md (report.html when neither is, if default_html)."""
+    html_out = args.out or (DEFAULT_HTML if default_html and not args.md else None)
+    for option, target in (("-o", html_out), ("--md", args.md)):
+        check_output(option, target, args.files)
+    for path in write_report(args.files, html_out, args.md, args.runs):
+        print(f"archbench: wrote {path}", file=sys.stderr)
+    return 0
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="results files of `archbench run`")
     p.add_argument("--json", metavar="FILE|-", help="flat rows as a JSON array ('-': stdout)")
     p.add_argument("--csv", metavar="FILE|-", help="flat rows as CSV ('-': stdout)")
     p.add_argument("--table", action="store_true", help="a short text table on stdout")
-    report.add_arguments(p)
+    add_report_arguments(p)
 
 
 def emit(target: str, text: str) -> None:
@@ -52,8 +102,6 @@ def _fmt(value):
 
 
 def text_table(rows: list[dict]) -> str:
-    from bench.cli import format_table
-
     return format_table([{k: _fmt(r.get(k)) for k in TABLE_COLUMNS} for r in rows], TABLE_COLUMNS)
 
 
@@ -70,11 +118,11 @@ def run(args) -> int:
     for name, _ in chosen:  # never write a report over one of its inputs
         target = getattr(args, name)
         if isinstance(target, str):
-            report.check_output(f"--{name}", target, args.files)
+            check_output(f"--{name}", target, args.files)
     wants_report = not chosen or args.out or args.md
     rows = results.flat_rows(args.files)  # a bad file: UserError naming it, before any output
     for name, writer in chosen:
         writer(rows, getattr(args, name))
     if wants_report:
-        return report.run(args)
+        return write_reports(args)
     return 0

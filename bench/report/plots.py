@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from bench import units
+from archbench import units
 
 RUN_COLORS = ["#3b6fb6", "#e07b39", "#3a9a5b", "#c43d4b", "#8a63b8", "#8c6d46", "#d264b0"]
 SERIES_COLORS = plt.get_cmap("tab10").colors

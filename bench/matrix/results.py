@@ -19,7 +19,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from archs import UserError
+from archbench.archs import UserError
 
 SCHEMA = 1
 MARKER = "archbench"

@@ -1,7 +1,7 @@
 """The benchmark matrix: one pytest-benchmark test per cell.
 
 `archbench run` is the front door. Directly:
-    pytest bench/test_matrix.py --benchmark-enable --arch mlp,lenet5 --size tiny \
+    pytest bench/matrix/test_matrix.py --benchmark-enable --arch mlp,lenet5 --size tiny \
         --archbench-out results.json
 A cell that fails to build, compile or run (OOM, an error) is recorded in the results with
 its status and message, then skipped, so the matrix goes on.
@@ -9,7 +9,8 @@ its status and message, then skipped, so the matrix goes on.
 
 import pytest
 
-from bench.matrix import CellRequest, measure_request
+from archbench.matrix.cells import CellRequest
+from archbench.matrix.session import measure_request
 
 
 def test_cell(arch, size, mode, batch, dtype, devices, seq_len, benchmark, matrix_session):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from bench.cell import Cell, cell_keys
+from archbench.engine.cell import Cell, cell_keys
 
 # Every result has exactly these keys, in this order; a failed cell has None for what it lacks.
 RESULT_KEYS = (

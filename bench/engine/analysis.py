@@ -1,7 +1,7 @@
 """What XLA and the runtime say about a program: FLOPs, bytes, compiled memory, peak memory.
 
 Cost analysis counts a while loop's body once, whatever its trip count: a `lax.scan` over T
-steps reports the FLOPs of one step. bench.measure therefore re-lowers recurrent models fully
+steps reports the FLOPs of one step. archbench.engine.measure therefore re-lowers recurrent models fully
 unrolled to count every step, and `loop_undercount` flags any loop of matmuls left over.
 """
 

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import archs
-from archs.registry import InputSpec, unknown
+from archbench import archs
+from archbench.archs.registry import InputSpec, unknown
 
 MODES = ("train", "infer")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

@@ -9,13 +9,12 @@ comparison; a cell that ran in BASE and failed in NEW regresses too.
 
 from __future__ import annotations
 
-import argparse
 from collections import defaultdict
 from dataclasses import dataclass
 
-import archs
-from bench import units
-from bench.results import CELL_KEYS, flat_rows
+from archbench import archs, units
+from archbench.matrix.results import CELL_KEYS, flat_rows
+from archbench.text import text_table
 
 CELL_KEY = CELL_KEYS
 
@@ -159,21 +158,6 @@ def compare_files(base: str, new: str) -> Comparison:
 # ---- text output ------------------------------------------------------------------------------
 
 
-def text_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
-    """Columns padded to width; the columns numbered in `right` align right."""
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
-    ]
-
-    def line(cells):
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
-
-
 def format_comparison(cmp: Comparison, threshold_pct: float | None = None) -> str:
     """The per-cell table, the per-family geometric means and, with a threshold, the verdict."""
     header = ["cell", "base step", "new step", "speedup", "throughput", "note"]
@@ -229,27 +213,3 @@ def _regression_reason(p: Pair) -> str:
         f"{units.seconds(b)} -> {units.seconds(n)} (+{100 * (n / b - 1):.1f}%, "
         f"spread {units.seconds(p.spread_s) or '0'})"
     )
-
-
-# ---- CLI --------------------------------------------------------------------------------------
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("base", metavar="BASE", help="results file of the reference run")
-    p.add_argument("new", metavar="NEW", help="results file of the run to compare with BASE")
-    p.add_argument(
-        "--threshold",
-        type=float,
-        metavar="PCT",
-        help="exit 1 when a cell is slower by more than PCT percent beyond the runs' spread",
-    )
-
-
-def run(args) -> int:
-    if args.threshold is not None and args.threshold < 0:
-        raise archs.UserError(f"--threshold must be >= 0, got {args.threshold:g}")
-    cmp = compare_files(args.base, args.new)
-    print(format_comparison(cmp, args.threshold))
-    if args.threshold is not None and regressions(cmp.pairs, args.threshold):
-        return 1
-    return 0

@@ -11,8 +11,9 @@ import html
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from bench import compare, units
-from bench.results import columns as flat_columns
+from archbench import units
+from archbench.matrix.results import columns as flat_columns
+from archbench.report import compare
 
 MODES = ("train", "infer")
 

@@ -1,6 +1,6 @@
 """Measuring one benchmark cell: compile ahead of time, read XLA's analyses, time steady steps.
 
-Measuring a cell (bench.cell.Cell):
+Measuring a cell (archbench.engine.cell.Cell):
   1. build the module, its train state (optax.adamw(1e-3) for train) and a synthetic batch;
   2. lower and compile the step ahead of time, timing both (`lower_s`, `compile_s`) with the
      persistent compilation cache off and the step's in-process caches evicted, so neither is
@@ -15,7 +15,7 @@ pytest-benchmark drives the same pieces: `prepared = prepare(cell)`, `prepared.c
 `benchmark.pedantic(prepared.run_round, rounds=R, iterations=1)`, then
 `summarize(cell, prepared, round_times_s)`. `measure_cell` does all of it with its own loop.
 
-Several devices and hosts: see bench.devices.
+Several devices and hosts: see archbench.engine.devices.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import jax
 import numpy as np
 import optax
 
-import archs
-from archs.registry import InputSpec
-from bench import analysis
-from bench.cell import (
+from archbench import archs
+from archbench.archs.registry import InputSpec
+from archbench.engine import analysis
+from archbench.engine.cell import (
     DTYPES,
     MODES,
     Cell,
@@ -44,10 +44,16 @@ from bench.cell import (
     sequence_length,
     validate,
 )
-from bench.devices import data_parallel, device_info, scaling_efficiency
-from bench.outcome import RESULT_KEYS, failure, is_oom
-from bench.peaks import peak_tflops
-from train.steps import TrainState, create_train_state, jit_train_step, predict, synthetic_batch
+from archbench.engine.devices import data_parallel, device_info, scaling_efficiency
+from archbench.engine.outcome import RESULT_KEYS, failure, is_oom
+from archbench.engine.peaks import peak_tflops
+from archbench.train.steps import (
+    TrainState,
+    create_train_state,
+    jit_train_step,
+    predict,
+    synthetic_batch,
+)
 
 __all__ = [
     "DTYPES",

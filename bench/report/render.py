@@ -13,9 +13,9 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import tables
-from bench.plots import Figure, Skipped
-from bench.tables import Table
+from archbench.report import tables
+from archbench.report.plots import Figure, Skipped
+from archbench.report.tables import Table
 
 
 @dataclass

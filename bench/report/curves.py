@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from archs import UserError
-from bench import units
-from bench.tables import Cell, Table, num
-from train import recipes
+from archbench import units
+from archbench.archs import UserError
+from archbench.report.tables import Cell, Table, num
+from archbench.train import recipes
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -129,7 +129,7 @@ def _recipe_name(path: Path) -> str:
 
 def curves_figure(run: TrainingRun):
     """Loss and the band's metric against step and against wall time, train and test."""
-    from bench import plots
+    from archbench.report import plots
 
     plt = plots.plt
     metric = run.band.metric if run.band else "accuracy"

@@ -1,16 +1,17 @@
-"""pytest options and hooks of the benchmark matrix, bench/test_matrix.py.
+"""pytest options and hooks of the benchmark matrix, test_matrix.py beside this file.
 
 The selection options take comma lists, as `archbench run` does; without them the matrix is
-the main job (see bench/matrix.py). The logic lives in bench/matrix.py; this file only wires
-it into pytest.
+the main job (archbench.matrix.cells). The logic lives in archbench.matrix.cells and
+archbench.matrix.session; this file only wires it into pytest.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from archs import UserError
-from bench import matrix, measure, results
+from archbench.archs import UserError
+from archbench.engine import measure
+from archbench.matrix import cells, results, session
 
 FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len")
 PLUGIN = "archbench-matrix"
@@ -19,16 +20,16 @@ PLUGIN = "archbench-matrix"
 def pytest_addoption(parser):
     group = parser.getgroup("archbench", "archbench matrix (comma lists; default: the main job)")
     group.addoption("--arch", help="architectures, wildcards allowed (default: all)")
-    group.addoption("--size", help=f"sizes (default: {matrix.DEFAULTS['size']})")
-    group.addoption("--mode", help=f"train, infer (default: {matrix.DEFAULTS['mode']})")
-    group.addoption("--batch", help=f"batch sizes or 'auto' (default: {matrix.DEFAULTS['batch']})")
-    group.addoption("--dtype", help=f"compute dtypes (default: {matrix.DEFAULTS['dtype']})")
+    group.addoption("--size", help=f"sizes (default: {cells.DEFAULTS['size']})")
+    group.addoption("--mode", help=f"train, infer (default: {cells.DEFAULTS['mode']})")
+    group.addoption("--batch", help=f"batch sizes or 'auto' (default: {cells.DEFAULTS['batch']})")
+    group.addoption("--dtype", help=f"compute dtypes (default: {cells.DEFAULTS['dtype']})")
     group.addoption("--devices", help="device counts (default: 1)")
     group.addoption("--seq-len", dest="seq_len", help="sequence lengths (default: the model's)")
     group.addoption(
         "--target-s",
         type=float,
-        default=matrix.DEFAULT_TARGET_S,
+        default=session.DEFAULT_TARGET_S,
         help="seconds of timed rounds per cell (default: %(default)s)",
     )
     group.addoption("--archbench-out", help="results file, rewritten after every cell")
@@ -44,8 +45,8 @@ def pytest_configure(config):
     if config.getoption("target_s") <= 0:
         raise pytest.UsageError("--target-s must be positive")
     try:
-        requests = matrix.select(**{name: config.getoption(name) for name in FILTERS})
-        session = matrix.MatrixSession(
+        requests = cells.select(**{name: config.getoption(name) for name in FILTERS})
+        plugin = session.MatrixSession(
             config,
             out=config.getoption("archbench_out"),
             resume=config.getoption("archbench_resume"),
@@ -54,8 +55,8 @@ def pytest_configure(config):
         )
     except UserError as e:
         raise pytest.UsageError(str(e)) from None
-    session.requests = requests
-    config.pluginmanager.register(session, PLUGIN)
+    plugin.requests = requests
+    config.pluginmanager.register(plugin, PLUGIN)
 
 
 def pytest_generate_tests(metafunc):
@@ -70,7 +71,7 @@ def pytest_generate_tests(metafunc):
 
 
 @pytest.fixture
-def matrix_session(request) -> matrix.MatrixSession:
+def matrix_session(request) -> session.MatrixSession:
     return request.config.pluginmanager.get_plugin(PLUGIN)
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from archbench.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `archbench` command line: one module per subcommand, dispatched by `main`."""

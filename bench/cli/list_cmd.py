@@ -1,0 +1,55 @@
+"""`archbench list`: every architecture and size with its parameter count."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from archbench import archs
+from archbench.archs import UserError
+from archbench.text import format_table
+
+HELP = "architectures, sizes and parameter counts"
+
+
+def list_rows(pattern: str = "*") -> list[dict]:
+    """One row per (architecture, size) with its parameter count, counted from shapes alone."""
+    rows = []
+    for name, size in archs.cells(pattern):
+        spec = archs.get(name)
+        s = spec.size(size)
+        rows.append(
+            {
+                "arch": name,
+                "family": spec.family,
+                "size": size,
+                "params": archs.param_count(name, size),
+                "published_params": s.published_params,
+                "input": s.input.describe(),
+                "task": spec.task,
+                "outputs": spec.num_outputs(size),
+                "canonical": s.canonical,
+                "source": s.source or None,
+            }
+        )
+    return rows
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", nargs="?", default="*", help="wildcard over names, e.g. 'resnet*'")
+    p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+
+
+def run(args) -> int:
+    if not archs.names(args.pattern):
+        raise UserError(
+            f"no architecture matches {args.pattern!r}; valid: {', '.join(archs.names())}"
+        )
+    rows = list_rows(args.pattern)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(
+            format_table(rows, ["arch", "family", "size", "params", "input", "task", "canonical"])
+        )
+    return 0

@@ -1,0 +1,168 @@
+"""Which cells to run: the matrix's filters, checked value by value, and their defaults.
+
+`select(...)` turns comma lists of filters (as typed on the command line) into `CellRequest`s,
+checking every value first; without filters it gives the main job (DEFAULTS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import jax
+
+from archbench import archs
+from archbench.archs import UserError
+from archbench.engine import measure
+
+AUTO = "auto"
+# The main job (`archbench run` with no filters): every architecture at its CPU size, both
+# modes, float32 on one device. Batch 32 is one small-batch point common to every task
+# (images, sequences, tokens), so cells compare across families; at 32 the slowest small
+# cells (Transformer train) take about a second a step on two CPU cores. With 1.5 s of timed
+# rounds per cell, the 24 cells of twelve families took 5.3 CPU-minutes in all (lowering and
+# compiling included), well inside the ten minutes the job may take.
+DEFAULTS = {"size": "small", "mode": "train,infer", "batch": "32", "dtype": "float32"}
+
+
+@dataclass(frozen=True)
+class CellRequest:
+    """One cell as asked for: batch may still be "auto" (the largest batch that fits)."""
+
+    arch: str
+    size: str
+    mode: str
+    batch: int | str
+    dtype: str
+    devices: int = 1
+    seq_len: int | None = None
+
+    def cell(self, batch: int | None = None) -> measure.Cell:
+        fields = asdict(self)
+        fields["batch"] = self.batch if batch is None else batch
+        return measure.Cell(**fields)
+
+    @property
+    def id(self) -> str:
+        """The cell's id; for batch "auto" the id with the batch field reading "bauto"."""
+        if self.batch != AUTO:
+            return self.cell().id
+        tail = f"-{self.dtype}-d{self.devices}"
+        return self.cell(batch=1).id.replace(f"-b1{tail}", f"-bauto{tail}")
+
+
+def comma_list(text: str | None) -> list[str]:
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+def _values(option: str, text: str | None, default: str) -> list[str]:
+    """The items of a comma list option; `default` when it is not given (None)."""
+    values = comma_list(default if text is None else text)
+    if text is not None and not values:
+        raise UserError(f"{option} {text!r}: no value given")
+    return values
+
+
+def _unknown(what: str, value: str, valid) -> UserError:
+    return UserError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+
+
+def _positive_ints(option: str, values: list[str], allow_auto: bool = False) -> list:
+    out = []
+    for v in values:
+        if allow_auto and v == AUTO:
+            out.append(AUTO)
+            continue
+        try:
+            n = int(v)
+        except ValueError:
+            n = 0
+        if n <= 0:
+            hint = " or 'auto'" if allow_auto else ""
+            raise UserError(f"{option} {v!r}: not a positive integer{hint}")
+        out.append(n)
+    return list(dict.fromkeys(out))
+
+
+def _arch_names(patterns: list[str]) -> list[str]:
+    chosen = []
+    for pattern in patterns:
+        matched = archs.names(pattern)
+        if not matched:
+            raise _unknown("architecture", pattern, archs.names())
+        chosen.extend(matched)
+    return list(dict.fromkeys(chosen))
+
+
+def _takes_sequences(name: str, size: str) -> bool:
+    """Whether (name, size) has a sequence length to vary: any input but an image."""
+    return archs.get(name).size(size).input.kind != "image"
+
+
+def select(
+    arch: str | None = None,
+    size: str | None = None,
+    mode: str | None = None,
+    batch: str | None = None,
+    dtype: str | None = None,
+    devices: str | None = None,
+    seq_len: str | None = None,
+) -> list[CellRequest]:
+    """The cells a set of filters selects, each value checked before anything runs.
+
+    Args:
+      arch, size, mode, batch, dtype, devices, seq_len: comma lists as typed on the command
+        line; None takes the main job's default (every architecture, `small`, train and
+        infer, batch 32, float32, 1 device, each model's own sequence length). Architecture
+        names may be wildcards ('resnet*'); batch may be 'auto'. A size applies to the
+        selected architectures that have it; a sequence length only to sequence models.
+    Returns:
+      CellRequests in a stable order: architecture, size, mode, dtype, devices, batch, seq_len.
+    Raises:
+      UserError (one line, listing the valid choices) for any bad value.
+    """
+    names = _arch_names(_values("--arch", arch, "*"))
+    specs = {n: archs.get(n) for n in names}
+    all_sizes = list(dict.fromkeys(s for spec in specs.values() for s in spec.sizes))
+    sizes = _values("--size", size, DEFAULTS["size"])
+    for s in sizes:
+        if s not in all_sizes:
+            raise _unknown("size", s, all_sizes)
+    modes = _values("--mode", mode, DEFAULTS["mode"])
+    for m in modes:
+        if m not in measure.MODES:
+            raise _unknown("mode", m, measure.MODES)
+    dtypes = _values("--dtype", dtype, DEFAULTS["dtype"])
+    for d in dtypes:
+        if d not in measure.DTYPES:
+            raise _unknown("dtype", d, measure.DTYPES)
+    batches = _positive_ints("--batch", _values("--batch", batch, DEFAULTS["batch"]), True)
+    device_counts = _positive_ints("--devices", _values("--devices", devices, "1"))
+    available = jax.device_count()
+    for n in device_counts:
+        if n > available:
+            raise UserError(
+                f"--devices {n}: only {available} {jax.default_backend()} device(s) here"
+            )
+    seq_lens = _positive_ints("--seq-len", _values("--seq-len", seq_len, "")) or [None]
+
+    pairs = [(n, s) for n, spec in specs.items() for s in sizes if s in spec.sizes]
+    if not pairs:
+        raise UserError(f"no architecture among {', '.join(names)} has size {', '.join(sizes)}")
+    if seq_lens != [None] and not any(_takes_sequences(n, s) for n, s in pairs):
+        every = [n for n, s in archs.cells(sizes=tuple(sizes)) if _takes_sequences(n, s)]
+        raise UserError(
+            f"--seq-len applies to sequence models ({', '.join(dict.fromkeys(every))}), "
+            f"not to {', '.join(names)} at size {', '.join(sizes)}"
+        )
+    requests = []
+    for name, s in pairs:
+        lens = seq_lens if _takes_sequences(name, s) else [None]
+        for m in modes:
+            for d in dtypes:
+                for n in device_counts:
+                    for b in batches:
+                        for t in lens:
+                            requests.append(CellRequest(name, s, m, b, d, n, t))
+    for r in requests:  # anything measure itself refuses, before anything runs
+        measure.validate(r.cell(batch=r.devices if r.batch == AUTO else None))
+    return requests
