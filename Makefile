@@ -1,5 +1,10 @@
 # `make run` and `make test` create .venv with the pinned dependencies on first use.
-PYTHON ?= python3
+# JAX 0.11 and later need Python 3.12 or newer: PYTHON is the first such interpreter found
+# (python3.12, python3.13, python3, then pyenv's installed versions); set it to choose another.
+PYTHON ?= $(shell for p in python3.12 python3.13 python3 \
+  $$(ls -d "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -V); \
+  do "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
+  && { command -v "$$p"; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -9,7 +14,9 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "archbench needs Python 3.12 or newer (for JAX 0.12);" \
+	  "none found: make PYTHON=/path/to/python3.12" >&2; exit 1; }
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
