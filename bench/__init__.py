@@ -17,6 +17,7 @@ archbench.text (formatting) import nothing of archbench. See docs/design.md.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -35,6 +36,7 @@ import jax
 from archbench import archs
 from archbench.archs import ArchSpec, UserError
 from archbench.engine import measure as _engine
+from archbench.engine.autobatch import find_max_batch
 
 __all__ = ["ArchSpec", "UserError", "__version__", "get", "list_archs", "measure", "param_count"]
 
@@ -72,6 +74,8 @@ def measure(
     dtype: str = "float32",
     devices: int = 1,
     seq_len: int | None = None,
+    sharding: str = "dp",
+    mesh: str | None = None,
     target_s: float = TARGET_S,
 ) -> dict:
     """Measure one benchmark cell, as one cell of `archbench run` does.
@@ -82,8 +86,11 @@ def measure(
       batch: the global batch, split over `devices`; "auto" for the largest devices * 2**k
         that compiles and runs.
       dtype: the compute dtype, "float32" or "bfloat16" (parameters stay float32).
-      devices: data parallel over the first `devices` devices JAX sees.
+      devices: how many of the devices JAX sees (the first ones) the cell runs on.
       seq_len: a sequence length other than the model's own (sequence models only).
+      sharding: how the cell is split over them: "dp", "fsdp", "tp" or "fsdp+tp"
+        (archbench.engine.sharding).
+      mesh: named mesh axes such as "data=2,model=2"; None: the strategy's own.
       target_s: seconds of timed rounds.
     Returns:
       The record the matrix stores in a results file's `extra_info`: step time median and
@@ -94,14 +101,15 @@ def measure(
       UserError (one line, naming the valid choices) for an unknown name or a bad value.
     """
     auto = batch == "auto"
-    cell = _engine.Cell(arch, size, mode, devices if auto else batch, dtype, devices, seq_len)
+    cell = _engine.Cell(arch, size, mode, 1 if auto else batch, dtype, devices, seq_len)
+    cell = dataclasses.replace(cell, sharding=sharding, mesh=mesh)
+    if auto:
+        cell = dataclasses.replace(cell, batch=_engine.batch_shards(cell))
     _engine.validate(cell)
     # the project's PRNG: "rbg" initialises models without a kernel per parameter shape
     with jax.default_prng_impl(os.environ.get("JAX_DEFAULT_PRNG_IMPL", "rbg")):
         if auto:
-            cell = _engine.Cell(
-                arch, size, mode, _engine.find_max_batch(cell), dtype, devices, seq_len
-            )
+            cell = dataclasses.replace(cell, batch=find_max_batch(cell))
         record = _engine.measure_cell(cell, target_s=target_s)
     if auto:
         record["batch_request"] = "auto"

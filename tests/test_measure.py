@@ -19,7 +19,7 @@ import pytest
 from archbench import archs
 from archbench.archs.registry import ArchSpec, InputSpec, Size
 from archbench.checks import harness as check_harness
-from archbench.engine import measure, peaks
+from archbench.engine import autobatch, measure, peaks
 from archbench.engine.measure import Cell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,7 +168,7 @@ def test_validate_rejects_bad_cells_in_one_line(cell, words):
 
 def test_validate_rejects_a_batch_that_devices_do_not_divide(monkeypatch):
     monkeypatch.setattr(jax, "devices", lambda *a: ["d0", "d1", "d2", "d3"])
-    with pytest.raises(archs.UserError, match="not divisible by devices 4"):
+    with pytest.raises(archs.UserError, match="not divisible by the 4 batch shards"):
         measure.validate(Cell("mlp", "tiny", "train", 6, "float32", devices=4))
 
 
@@ -213,7 +213,7 @@ def test_find_max_batch_doubles_and_backs_off(
 
     monkeypatch.setattr(measure, "prepare", fake_prepare)
     cell = Cell("mlp", "tiny", "train", 1, "float32")
-    assert measure.find_max_batch(cell, start=start, limit=limit) == expected
+    assert autobatch.find_max_batch(cell, start=start, limit=limit) == expected
 
 
 def test_scaling_efficiency_strong_and_weak():

@@ -19,7 +19,7 @@ from archbench.matrix import results, session
 
 HELP = "run the benchmark matrix"
 RESULTS_DIR = Path("results")
-FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len")
+FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,8 +29,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--mode", help="train, infer (default: both)")
     f.add_argument("--batch", help="batch sizes, or 'auto' for the largest that fits (default: 32)")
     f.add_argument("--dtype", help="compute dtypes, e.g. float32,bfloat16 (default: float32)")
-    f.add_argument("--devices", help="device counts, data parallel (default: 1)")
+    f.add_argument("--devices", help="device counts (default: 1)")
     f.add_argument("--seq-len", dest="seq_len", help="sequence lengths (default: the model's)")
+    f.add_argument(
+        "--sharding",
+        help="strategies: dp (batch split, state replicated), fsdp (state split too), tp "
+        "(Transformer heads and MLP split over 'model'), fsdp+tp (default: dp)",
+    )
+    f.add_argument(
+        "--mesh",
+        help="named mesh axes for every cell, e.g. data=2,model=2 (sizes multiply to --devices)",
+    )
     p.add_argument(
         "--out",
         help=f"results file (default: {RESULTS_DIR}/<backend>-<date>-<time>.json; "
@@ -42,6 +51,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="keep the cells already in --out; run only those missing or failed",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="lower and compile each cell from shapes alone (nothing is allocated or run): "
+        "compile time, FLOPs, per-device memory, collectives",
+    )
+    p.add_argument(
+        "--device-memory",
+        help="memory of one device, e.g. 80GiB, or h100, h200, v5e...: marks each compiled "
+        "cell fits or not; with --batch auto, the largest batch that fits",
+    )
     p.add_argument(
         "--target-s",
         type=float,
@@ -120,14 +140,29 @@ def pytest_args(args, out: Path) -> list[str]:
         argv.append(f"--target-s={args.target_s}")
     if args.resume:
         argv.append("--archbench-resume")
+    if args.compile_only:
+        argv.append("--compile-only")
+    if args.device_memory is not None:
+        argv.append(f"--device-memory={args.device_memory}")
     return argv
 
 
 def summary(path: Path) -> tuple[str, int]:
-    """One line on what `path` holds, and the exit status: 1 if any cell failed."""
+    """One line on what `path` holds, and the exit status: 1 if any cell failed (a cell that
+    its strategy does not support is not a failure)."""
     rows = results.flat_rows([path])
-    failed = [r for r in rows if r["status"] != "ok"]
-    line = f"archbench: {len(rows)} cell(s) in {path}: {len(rows) - len(failed)} ok"
+    failed = [r for r in rows if r["status"] not in ("ok", "compiled", "unsupported")]
+    unsupported = [r["cell_id"] for r in rows if r["status"] == "unsupported"]
+    compiled = [r for r in rows if r["status"] == "compiled"]
+    ok = len(rows) - len(failed) - len(unsupported) - len(compiled)
+    line = f"archbench: {len(rows)} cell(s) in {path}: {ok} ok"
+    if compiled:
+        fit = [r for r in compiled if r.get("fits") is not None]
+        line += f", {len(compiled)} compiled only"
+        if fit:
+            line += f" ({sum(bool(r['fits']) for r in fit)} of {len(fit)} fit the device memory)"
+    if unsupported:
+        line += f", {len(unsupported)} unsupported by their strategy"
     if failed:
         named = [f"{r['cell_id']} ({r['status']})" for r in failed[:5]]
         line += f", {len(failed)} failed: " + ", ".join(named) + (", ..." if failed[5:] else "")
@@ -137,11 +172,13 @@ def summary(path: Path) -> tuple[str, int]:
 def run(args) -> int:
     import pytest
 
-    from archbench.engine import measure
+    from archbench.engine import aot, measure
     from archbench.matrix import cells
 
     if args.target_s is not None and not args.target_s > 0:
         raise UserError(f"--target-s {args.target_s}: must be positive")
+    if args.device_memory is not None:
+        aot.parse_memory(args.device_memory)  # a bad size: one line, before anything runs
     requests = cells.select(**{name: getattr(args, name) for name in FILTERS})
     info = measure.device_info()
     out = resolve_out(args.out, args.resume, info)

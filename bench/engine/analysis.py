@@ -7,6 +7,7 @@ unrolled to count every step, and `loop_undercount` flags any loop of matmuls le
 
 from __future__ import annotations
 
+import re
 import resource
 import sys
 from collections.abc import Sequence
@@ -98,6 +99,41 @@ def compiled_memory(compiled: jax.stages.Compiled) -> dict:
     return dict(
         zip(keys, (argument, output, temp, alias, argument + output + temp - alias), strict=True)
     )
+
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f16": 2, "bf16": 2, "s16": 2, "u16": 2}
+_DTYPE_BYTES |= {"f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+_COLLECTIVE = re.compile(
+    r"=\s*(?P<shape>\([^()]*\)|\S+)\s+(?P<op>" + "|".join(COLLECTIVES) + r")(?P<start>-start)?\("
+)
+_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+
+
+def _array_bytes(shape_text: str) -> list[int]:
+    sizes = []
+    for dtype, dims in _ARRAY.findall(shape_text):
+        count = 1
+        for d in filter(None, dims.split(",")):
+            count *= int(d)
+        sizes.append(count * _DTYPE_BYTES.get(dtype, 4))
+    return sizes
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+    """Count and result bytes of each collective in a compiled program's HLO text.
+
+    The bytes are the size of each collective's result on one device (for an asynchronous
+    `-start` op, the last array of its tuple: the result, not the operands it carries).
+    Returns:
+      {op: {"count": n, "bytes": b}} for every op in COLLECTIVES (zeros when absent).
+    """
+    found = {op: {"count": 0, "bytes": 0} for op in COLLECTIVES}
+    for m in _COLLECTIVE.finditer(hlo_text):
+        sizes = _array_bytes(m["shape"])
+        found[m["op"]]["count"] += 1
+        found[m["op"]]["bytes"] += sum(sizes[-1:] if m["start"] else sizes)
+    return found
 
 
 def device_peak_bytes(devices: Sequence[jax.Device]) -> int | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 
 import jax
@@ -11,6 +13,7 @@ import numpy as np
 
 from archbench import archs
 from archbench.archs.registry import InputSpec, unknown
+from archbench.engine.sharding import batch_axes, mesh_axes
 
 MODES = ("train", "infer")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -27,12 +30,23 @@ class Cell:
     dtype: str  # "float32" | "bfloat16"; parameters stay float32
     devices: int = 1
     seq_len: int | None = None  # sequence length override for sequence inputs
+    sharding: str = "dp"  # a strategy of archbench.engine.sharding
+    mesh: str | None = None  # named mesh axes, "data=2,model=2"; None: the strategy's own
 
     @property
     def id(self) -> str:
-        """Stable name, e.g. "mlp-small-train-b32-float32-d1"; the resume key of result files."""
+        """Stable name, e.g. "mlp-small-train-b32-float32-d1"; the resume key of result files.
+
+        A strategy other than dp adds "-s<strategy>", an explicit mesh "-m<axis><size>...".
+        """
         name = f"{self.arch}-{self.size}-{self.mode}-b{self.batch}-{self.dtype}-d{self.devices}"
-        return name if self.seq_len is None else f"{name}-t{self.seq_len}"
+        if self.seq_len is not None:
+            name += f"-t{self.seq_len}"
+        if self.sharding != "dp":
+            name += f"-s{self.sharding}"
+        if self.mesh is not None:
+            name += "-m" + self.mesh.replace("=", "").replace(",", "")
+        return name
 
 
 def from_id(text: str) -> Cell:
@@ -41,20 +55,26 @@ def from_id(text: str) -> Cell:
     Raises archs.UserError for text of another form; the names in it are checked by validate.
     """
     parts = text.strip().split("-")
-    form = "ARCH-SIZE-MODE-bBATCH-DTYPE[-dDEVICES][-tSEQ_LEN], e.g. mlp-small-train-b32-float32"
+    form = (
+        "ARCH-SIZE-MODE-bBATCH-DTYPE[-dDEVICES][-tSEQ_LEN][-sSHARDING][-mMESH], "
+        "e.g. mlp-small-train-b32-float32"
+    )
     if len(parts) < 5 or not parts[3].startswith("b"):
         raise archs.UserError(f"bad cell {text!r}; expected {form}")
     fields = {"batch": parts[3][1:]}
     for part in parts[5:]:
-        key = {"d": "devices", "t": "seq_len"}.get(part[:1])
+        key = {"d": "devices", "t": "seq_len", "s": "sharding", "m": "mesh"}.get(part[:1])
         if key is None or key in fields:
             raise archs.UserError(f"bad cell {text!r}; expected {form}")
         fields[key] = part[1:]
+    words = {k: fields.pop(k) for k in ("sharding", "mesh") if k in fields}
+    if "mesh" in words:
+        words["mesh"] = ",".join(f"{a}={n}" for a, n in re.findall(r"([a-z]+)(\d+)", words["mesh"]))
     try:
         numbers = {key: int(value) for key, value in fields.items()}
     except ValueError:
         raise archs.UserError(f"bad cell {text!r}; expected {form}") from None
-    return Cell(parts[0], parts[1], parts[2], dtype=parts[4], **numbers)
+    return Cell(parts[0], parts[1], parts[2], dtype=parts[4], **numbers, **words)
 
 
 def _positive_int(value) -> bool:
@@ -78,10 +98,11 @@ def validate(cell: Cell) -> None:
             f"got {cell.devices!r}; on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
             "gives N devices"
         )
-    if cell.batch % cell.devices:
+    shards = batch_shards(cell)  # UserError for a bad strategy or mesh
+    if cell.batch % shards:
         raise archs.UserError(
-            f"batch {cell.batch} is not divisible by devices {cell.devices}; "
-            f"valid batches are multiples of {cell.devices}"
+            f"batch {cell.batch} is not divisible by the {shards} batch shards of "
+            f"{cell.sharding} on {cell.devices} device(s); valid batches are multiples of {shards}"
         )
     if cell.seq_len is not None:
         if size.input.kind == "image":
@@ -90,6 +111,12 @@ def validate(cell: Cell) -> None:
             )
         if not _positive_int(cell.seq_len):
             raise archs.UserError(f"seq_len must be a positive integer, got {cell.seq_len!r}")
+
+
+def batch_shards(cell: Cell) -> int:
+    """How many pieces the batch is split into (the product of its mesh axes)."""
+    axes = mesh_axes(cell.sharding, cell.devices, cell.mesh)
+    return math.prod(axes[a] for a in batch_axes(cell.sharding, axes))
 
 
 def input_spec(cell: Cell) -> InputSpec:
@@ -127,6 +154,10 @@ def cell_keys(cell: Cell) -> dict:
         "dtype": cell.dtype,
         "devices": cell.devices,
         "seq_len": cell.seq_len,
+        "sharding": cell.sharding,
+        "mesh": ",".join(
+            f"{a}={n}" for a, n in mesh_axes(cell.sharding, cell.devices, cell.mesh).items()
+        ),
         "params": params,
         "task": spec.task,
         "input": inputs.describe(),

@@ -33,18 +33,19 @@ import optax
 
 from archbench import archs
 from archbench.archs.registry import InputSpec
-from archbench.engine import analysis
+from archbench.engine import analysis, sharding
 from archbench.engine.cell import (
     DTYPES,
     MODES,
     Cell,
+    batch_shards,
     cell_keys,
     from_id,
     input_spec,
     sequence_length,
     validate,
 )
-from archbench.engine.devices import data_parallel, device_info, scaling_efficiency
+from archbench.engine.devices import device_info, scaling_efficiency
 from archbench.engine.outcome import RESULT_KEYS, failure, is_oom
 from archbench.engine.peaks import peak_tflops
 from archbench.train.steps import (
@@ -61,8 +62,8 @@ __all__ = [
     "RESULT_KEYS",
     "Cell",
     "Prepared",
+    "batch_shards",
     "device_info",
-    "find_max_batch",
     "from_id",
     "input_spec",
     "is_oom",
@@ -131,27 +132,51 @@ class Prepared:
         return self.steps_per_round
 
 
-def _state_and_batch(cell: Cell, spec: archs.ArchSpec, module, inputs: InputSpec, devices):
-    """The train state replicated over `devices` and a batch sharded on its leading axis.
+def _state_and_batch(
+    cell: Cell, spec: archs.ArchSpec, module, inputs: InputSpec, devices, abstract: bool = False
+):
+    """The train state and a batch, each created in place with the cell's sharding strategy.
 
-    Parameters and data are drawn with the "rbg" PRNG, whose programs compile several times
-    faster than threefry's (values do not matter here); the dropout key the train step uses is
-    a default-implementation key, as in the fit loop.
+    The state's shardings come from its shapes alone (jax.eval_shape), and `init` is jitted
+    with them as out_shardings: under fsdp no device ever holds the whole state. With
+    `abstract`, both are jax.ShapeDtypeStructs carrying those shardings: nothing is
+    allocated, so a model larger than this host's memory can still be compiled. Parameters
+    and data are drawn with the "rbg" PRNG, whose programs compile several times faster than
+    threefry's (values do not matter here); the dropout key the train step uses is a
+    default-implementation key, as in the fit loop.
+    Raises:
+      sharding.Unsupported if the strategy has no form for this model.
     """
     tx = optax.adamw(LEARNING_RATE) if cell.mode == "train" else optax.identity()
-    replicated, sharded = data_parallel(devices)
+    placement = sharding.layout(cell.sharding, devices, cell.mesh)
 
     def init(key):
         state = create_train_state(module, inputs, tx, key)
         return state.replace(dropout_key=jax.random.key(2))
 
-    state = jax.jit(init, out_shardings=replicated)(jax.random.key(0, impl="rbg"))
-    outputs = spec.num_outputs(cell.size)
-    batch = jax.jit(
-        lambda key: synthetic_batch(inputs, spec.task, outputs, cell.batch, key),
-        out_shardings=sharded,
-    )(jax.random.key(1, impl="rbg"))
-    return state, batch
+    def make_batch(key):
+        return synthetic_batch(inputs, spec.task, spec.num_outputs(cell.size), cell.batch, key)
+
+    key, batch_key = jax.random.key(0, impl="rbg"), jax.random.key(1, impl="rbg")
+    shapes = jax.eval_shape(init, key)
+    shardings = placement.state(shapes)
+    if abstract:
+        place = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
+        batch_shapes = jax.eval_shape(make_batch, batch_key)
+        batch = jax.tree.map(lambda a: place(a, placement.batch), batch_shapes)
+        return jax.tree.map(place, shapes, shardings), batch
+    state = jax.jit(init, out_shardings=shardings)(key)
+    return state, jax.jit(make_batch, out_shardings=placement.batch)(batch_key)
+
+
+def _collective_facts(compiled) -> dict:
+    """The collectives XLA put into the compiled step: totals, and per kind."""
+    found = analysis.collectives(compiled.as_text() or "")
+    return {
+        "collective_count": sum(c["count"] for c in found.values()),
+        "collective_bytes": sum(c["bytes"] for c in found.values()),
+        "collectives": {op: c for op, c in found.items() if c["count"]},
+    }
 
 
 def _high_water_mark(devices) -> int:
@@ -207,14 +232,31 @@ def prepare(cell: Cell) -> Prepared:
     Returns:
       The Prepared cell; its `facts` hold lower_s, compile_s, the cost and memory analyses.
     """
+    devices = jax.devices()[: cell.devices]
+    peak_before = _high_water_mark(devices)
+    compiled, args, facts = compile_cell(cell, devices)
+    return Prepared(
+        cell, compiled, args[0], args[1], devices, {**facts, "peak_before": peak_before}
+    )
+
+
+def compile_cell(cell: Cell, devices, abstract: bool = False):
+    """Lower and compile `cell`'s step on `devices`, timing both; raises on any failure.
+
+    Args:
+      cell: what to compile (validated here).
+      devices: the devices of its mesh.
+      abstract: compile from jax.ShapeDtypeStructs alone, allocating nothing.
+    Returns:
+      (the compiled step, its arguments (state, batch or inputs), facts: lower_s, compile_s,
+      the cost and memory analyses, the batch sharding and the collectives).
+    """
     validate(cell)
     jax.config.update("jax_enable_compilation_cache", False)
     spec = archs.get(cell.arch)
     module = spec.build(cell.size, dtype=DTYPES[cell.dtype])
     inputs = input_spec(cell)
-    devices = jax.devices()[: cell.devices]
-    peak_before = _high_water_mark(devices)
-    state, batch = _state_and_batch(cell, spec, module, inputs, devices)
+    state, batch = _state_and_batch(cell, spec, module, inputs, devices, abstract)
     if cell.mode == "train":
         step_fn, args = jit_train_step, (state, batch)
     else:
@@ -234,10 +276,10 @@ def prepare(cell: Cell) -> Prepared:
         **_cost_facts(cell, spec, module, inputs, step_fn, args, lowered, compiled),
         **analysis.compiled_memory(compiled),
         "batch_sharding": str(jax.tree.leaves(args[1])[0].sharding.spec),
-        "batch_per_device": cell.batch // cell.devices,
-        "peak_before": peak_before,
+        "batch_per_device": cell.batch // batch_shards(cell),
+        **_collective_facts(compiled),
     }
-    return Prepared(cell, compiled, state, args[1], devices, facts)
+    return compiled, args, facts
 
 
 def time_rounds(
@@ -313,6 +355,8 @@ def summarize(cell: Cell, prepared: Prepared, round_times_s: list[float]) -> dic
         "host_peak_rss_bytes": rss,
         "peak_bytes_source": "device-memory-stats" if device_peak is not None else "host-rss",
         "peak_bytes_set_by_cell": _high_water_mark(prepared.devices) > peak_before,
+        "device_memory_bytes": None,  # what --compile-only --device-memory checks a fit against
+        "fits": None,
     }
     return {key: result[key] for key in RESULT_KEYS}
 
@@ -348,47 +392,3 @@ def measure_cell(
     finally:
         prepared = None
         gc.collect()
-
-
-def _try_batch(cell: Cell) -> str:
-    """'ok' if `cell` compiles and runs two steps, else 'oom' or 'error'."""
-    try:
-        prepared = prepare(cell)
-        prepared.step()
-        jax.block_until_ready(prepared.step())
-        return "ok"
-    except Exception as exc:
-        status = "oom" if is_oom(exc) else "error"
-    gc.collect()  # free the failed attempt's buffers (its traceback held them) before the next
-    return status
-
-
-def find_max_batch(cell: Cell, start: int = 1, limit: int = 4096) -> int:
-    """The largest global batch devices * 2**k in [start, limit] that compiles and runs.
-
-    From the first candidate >= `start` the batch doubles while it fits; if that first one
-    runs out of memory, it halves instead until one fits. A non-memory failure stops the search
-    (measuring that batch then reports the error). `cell.batch` is ignored.
-    Returns:
-      The batch found, or the smallest one tried when none fits.
-    """
-    validate(dataclasses.replace(cell, batch=max(1, cell.devices)))
-    batch = cell.devices
-    while batch < start:
-        batch *= 2
-    if batch > limit:
-        raise archs.UserError(
-            f"no batch devices*2**k in [{start}, {limit}] for {cell.devices} devices"
-        )
-    first = _try_batch(dataclasses.replace(cell, batch=batch))
-    if first == "oom":
-        while batch > cell.devices:
-            batch //= 2
-            if _try_batch(dataclasses.replace(cell, batch=batch)) != "oom":
-                break
-        return batch
-    if first == "error":
-        return batch
-    while batch * 2 <= limit and _try_batch(dataclasses.replace(cell, batch=batch * 2)) == "ok":
-        batch *= 2
-    return batch

@@ -5,10 +5,12 @@ from __future__ import annotations
 import jax
 
 from archbench.engine.cell import Cell, cell_keys
+from archbench.engine.sharding import Unsupported
 
 # Every result has exactly these keys, in this order; a failed cell has None for what it lacks.
 RESULT_KEYS = (
     *("cell_id", "arch", "size", "family", "mode", "batch", "dtype", "devices", "seq_len"),
+    *("sharding", "mesh"),
     *("params", "task", "input", "tokens_per_example", "status", "error", "backend"),
     *("device_kind", "optimizer", "step_time_s", "step_time_iqr_s", "step_time_min_s"),
     *("rounds", "steps_per_round", "samples_per_s", "tokens_per_s", "tflops_per_s", "mfu"),
@@ -17,6 +19,7 @@ RESULT_KEYS = (
     *("output_bytes", "temp_bytes", "alias_bytes", "compiled_bytes", "batch_sharding"),
     *("batch_per_device", "peak_bytes", "host_peak_rss_bytes", "peak_bytes_source"),
     "peak_bytes_set_by_cell",
+    *("collective_count", "collective_bytes", "collectives", "device_memory_bytes", "fits"),
 )
 
 
@@ -35,10 +38,13 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def failure(cell: Cell, exc: BaseException) -> dict:
-    """The result of a cell that failed: status "oom" or "error", a one-line message."""
+    """The result of a cell that did not run: status "unsupported" (the strategy has no
+    form for this model), "oom" or "error", and a one-line message."""
     result = dict.fromkeys(RESULT_KEYS)
     result.update(cell_keys(cell))
-    result["status"] = "oom" if is_oom(exc) else "error"
+    result["status"] = (
+        "unsupported" if isinstance(exc, Unsupported) else "oom" if is_oom(exc) else "error"
+    )
     result["error"] = _one_line(exc)
     device = jax.devices()[0]
     result["backend"], result["device_kind"] = device.platform, device.device_kind

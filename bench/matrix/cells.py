@@ -13,6 +13,7 @@ import jax
 from archbench import archs
 from archbench.archs import UserError
 from archbench.engine import measure
+from archbench.engine.sharding import mesh_axes, parse_strategy
 
 AUTO = "auto"
 # The main job (`archbench run` with no filters): every architecture at its CPU size, both
@@ -35,6 +36,8 @@ class CellRequest:
     dtype: str
     devices: int = 1
     seq_len: int | None = None
+    sharding: str = "dp"
+    mesh: str | None = None
 
     def cell(self, batch: int | None = None) -> measure.Cell:
         fields = asdict(self)
@@ -106,17 +109,22 @@ def select(
     dtype: str | None = None,
     devices: str | None = None,
     seq_len: str | None = None,
+    sharding: str | None = None,
+    mesh: str | None = None,
 ) -> list[CellRequest]:
     """The cells a set of filters selects, each value checked before anything runs.
 
     Args:
-      arch, size, mode, batch, dtype, devices, seq_len: comma lists as typed on the command
-        line; None takes the main job's default (every architecture, `small`, train and
-        infer, batch 32, float32, 1 device, each model's own sequence length). Architecture
-        names may be wildcards ('resnet*'); batch may be 'auto'. A size applies to the
-        selected architectures that have it; a sequence length only to sequence models.
+      arch, size, mode, batch, dtype, devices, seq_len, sharding: comma lists as typed on the
+        command line; None takes the main job's default (every architecture, `small`, train
+        and infer, batch 32, float32, 1 device, each model's own sequence length, dp).
+        Architecture names may be wildcards ('resnet*'); batch may be 'auto'. A size applies
+        to the selected architectures that have it; a sequence length only to sequence models.
+      mesh: one mesh for every cell, "data=2,model=2" (its sizes multiply to each device
+        count); None: each strategy's own one-axis mesh.
     Returns:
-      CellRequests in a stable order: architecture, size, mode, dtype, devices, batch, seq_len.
+      CellRequests in a stable order: architecture, size, mode, dtype, devices, sharding,
+      batch, seq_len.
     Raises:
       UserError (one line, listing the valid choices) for any bad value.
     """
@@ -144,6 +152,12 @@ def select(
                 f"--devices {n}: only {available} {jax.default_backend()} device(s) here"
             )
     seq_lens = _positive_ints("--seq-len", _values("--seq-len", seq_len, "")) or [None]
+    strategies = list(dict.fromkeys(_values("--sharding", sharding, "dp")))
+    for st in strategies:
+        parse_strategy(st)
+    for n in device_counts:
+        for st in strategies:
+            mesh_axes(st, n, mesh)
 
     pairs = [(n, s) for n, spec in specs.items() for s in sizes if s in spec.sizes]
     if not pairs:
@@ -160,9 +174,11 @@ def select(
         for m in modes:
             for d in dtypes:
                 for n in device_counts:
-                    for b in batches:
-                        for t in lens:
-                            requests.append(CellRequest(name, s, m, b, d, n, t))
+                    for st in strategies:
+                        for b in batches:
+                            for t in lens:
+                                requests.append(CellRequest(name, s, m, b, d, n, t, st, mesh))
     for r in requests:  # anything measure itself refuses, before anything runs
-        measure.validate(r.cell(batch=r.devices if r.batch == AUTO else None))
+        unit = measure.batch_shards(r.cell(batch=1)) if r.batch == AUTO else None
+        measure.validate(r.cell(batch=unit))
     return requests

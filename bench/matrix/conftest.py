@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 
 from archbench.archs import UserError
-from archbench.engine import measure
+from archbench.engine import aot, measure
 from archbench.matrix import cells, results, session
 
-FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len")
+FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
 PLUGIN = "archbench-matrix"
 
 
@@ -26,11 +26,19 @@ def pytest_addoption(parser):
     group.addoption("--dtype", help=f"compute dtypes (default: {cells.DEFAULTS['dtype']})")
     group.addoption("--devices", help="device counts (default: 1)")
     group.addoption("--seq-len", dest="seq_len", help="sequence lengths (default: the model's)")
+    group.addoption("--sharding", help="strategies: dp, fsdp, tp, fsdp+tp (default: dp)")
+    group.addoption("--mesh", help="named mesh axes for every cell, e.g. data=2,model=2")
     group.addoption(
         "--target-s",
         type=float,
         default=session.DEFAULT_TARGET_S,
         help="seconds of timed rounds per cell (default: %(default)s)",
+    )
+    group.addoption(
+        "--compile-only", action="store_true", help="compile each cell without running it"
+    )
+    group.addoption(
+        "--device-memory", help="memory of one device (80GiB, or h100, v5e, ...): fits or not"
     )
     group.addoption("--archbench-out", help="results file, rewritten after every cell")
     group.addoption(
@@ -44,6 +52,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if config.getoption("target_s") <= 0:
         raise pytest.UsageError("--target-s must be positive")
+    memory = config.getoption("device_memory")
     try:
         requests = cells.select(**{name: config.getoption(name) for name in FILTERS})
         plugin = session.MatrixSession(
@@ -52,6 +61,8 @@ def pytest_configure(config):
             resume=config.getoption("archbench_resume"),
             target_s=config.getoption("target_s"),
             progress=config.getoption("archbench_progress"),
+            compile_only=config.getoption("compile_only"),
+            device_memory=memory and aot.parse_memory(memory),
         )
     except UserError as e:
         raise pytest.UsageError(str(e)) from None

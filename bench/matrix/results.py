@@ -33,6 +33,8 @@ FLAT_COLUMNS = [
     "dtype",
     "devices",
     "seq_len",
+    "sharding",
+    "mesh",
     "status",
     "params",
     "flops_per_step",
@@ -52,7 +54,7 @@ FLAT_COLUMNS = [
     "cell_id",
     "source",
 ]
-CELL_KEYS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len")
+CELL_KEYS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
 
 
 def marker(**fields) -> dict:
@@ -61,8 +63,10 @@ def marker(**fields) -> dict:
 
 
 def is_ok(row: dict) -> bool:
-    """Whether a benchmarks[] row is a measured cell (status ok, with timing stats)."""
-    return (row.get("extra_info") or {}).get("status") == "ok" and bool(row.get("stats"))
+    """Whether a benchmarks[] row is done: measured (status ok, with timing stats), or compiled
+    by --compile-only."""
+    status = (row.get("extra_info") or {}).get("status")
+    return status == "compiled" or (status == "ok" and bool(row.get("stats")))
 
 
 def load_results(path: str | os.PathLike) -> dict:
@@ -156,6 +160,9 @@ def flatten(row: dict, machine_info: dict, source: str) -> dict:
         flat[key] = info.get(key, params.get(key))
     flat.update(info)
     flat["status"] = info.get("status") or ("ok" if row.get("stats") else "error")
+    # results written before strategies existed: every cell was dp over a "data" axis
+    flat["sharding"] = flat["sharding"] or "dp"
+    flat["mesh"] = flat["mesh"] or f"data={flat['devices'] or 1}"
     flat["cell_id"] = info.get("cell_id") or row.get("param")
     flat["backend"] = info.get("backend") or machine_info.get("backend")
     flat["device_kind"] = info.get("device_kind") or machine_info.get("device_kind")

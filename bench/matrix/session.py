@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import pytest
 
 from archbench import units
-from archbench.engine import measure
+from archbench.engine import aot, autobatch, measure
 from archbench.matrix import results
 from archbench.matrix.cells import AUTO, CellRequest
 
@@ -38,10 +38,29 @@ def plan_rounds(round_s: float, target_s: float) -> int:
     return min(max(math.ceil(target_s / max(round_s, 1e-9)), MIN_ROUNDS), MAX_ROUNDS)
 
 
+def compile_request(benchmark, request: CellRequest, device_memory: int | None) -> dict:
+    """Compile one cell without running it (aot.compile_only) into `benchmark`'s extra_info.
+
+    Batch "auto" is the largest that fits `device_memory` (found by compiling only), or the
+    smallest batch when no memory is given.
+    """
+    cell = request.cell(
+        batch=measure.batch_shards(request.cell(batch=1)) if request.batch == AUTO else None
+    )
+    if request.batch == AUTO and device_memory is not None:
+        cell = request.cell(batch=aot.largest_batch_that_fits(cell, device_memory))
+    info = aot.compile_only(cell, device_memory)
+    if request.batch == AUTO:
+        info["batch_request"] = AUTO
+    gc.collect()
+    benchmark.extra_info.update(info)
+    return info
+
+
 def measure_request(benchmark, request: CellRequest, target_s: float) -> dict:
     """Measure one cell into the pytest-benchmark fixture `benchmark`.
 
-    Resolves batch "auto" (measure.find_max_batch), prepares the cell (build, lower and
+    Resolves batch "auto" (autobatch.find_max_batch), prepares the cell (build, lower and
     compile ahead of time), warms up and calibrates steps_per_round (Prepared.calibrate),
     times one probe round, then runs
     `benchmark.pedantic(prepared.run_round, rounds=R, iterations=1, warmup_rounds=0)` with
@@ -52,11 +71,13 @@ def measure_request(benchmark, request: CellRequest, target_s: float) -> dict:
       (status "ok"), or measure.failure's (status "oom" or "error" with a one-line "error").
       It never raises for a failing model; only KeyboardInterrupt and the like propagate.
     """
-    cell = request.cell(batch=request.devices if request.batch == AUTO else None)
+    cell = request.cell(
+        batch=measure.batch_shards(request.cell(batch=1)) if request.batch == AUTO else None
+    )
     prepared = None
     try:
         if request.batch == AUTO:
-            cell = request.cell(batch=measure.find_max_batch(cell))
+            cell = request.cell(batch=autobatch.find_max_batch(cell))
         prepared = measure.prepare(cell)
         prepared.calibrate(warmup=1)  # a warm-up round; rounds of at least 50 ms
         start = time.perf_counter()
@@ -117,12 +138,25 @@ class MatrixSession:
       target_s: seconds of timed rounds per cell.
       progress: draw a tqdm bar on stderr (a line per cell when stderr is not a terminal) and
         report failures as one line each.
+      compile_only: compile each cell from abstract arguments instead of timing it.
+      device_memory: bytes of one device; compiled cells say whether they fit it.
     """
 
-    def __init__(self, config, out=None, resume=False, target_s=DEFAULT_TARGET_S, progress=False):
+    def __init__(
+        self,
+        config,
+        out=None,
+        resume=False,
+        target_s=DEFAULT_TARGET_S,
+        progress=False,
+        compile_only=False,
+        device_memory=None,
+    ):
         self.config = config
         self.out = out
         self.target_s = target_s
+        self.compile_only = compile_only
+        self.device_memory = device_memory
         self.progress = progress
         self.bar = None
         self.total = 0

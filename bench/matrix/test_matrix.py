@@ -10,12 +10,17 @@ its status and message, then skipped, so the matrix goes on.
 import pytest
 
 from archbench.matrix.cells import CellRequest
-from archbench.matrix.session import measure_request
+from archbench.matrix.session import compile_request, measure_request
 
 
-def test_cell(arch, size, mode, batch, dtype, devices, seq_len, benchmark, matrix_session):
-    request = CellRequest(arch, size, mode, batch, dtype, devices, seq_len)
-    info = measure_request(benchmark, request, matrix_session.target_s)
+def test_cell(
+    arch, size, mode, batch, dtype, devices, seq_len, sharding, mesh, benchmark, matrix_session
+):
+    request = CellRequest(arch, size, mode, batch, dtype, devices, seq_len, sharding, mesh)
+    if matrix_session.compile_only:
+        info = compile_request(benchmark, request, matrix_session.device_memory)
+    else:
+        info = measure_request(benchmark, request, matrix_session.target_s)
     matrix_session.record(benchmark, info)
-    if info["status"] != "ok":
+    if info["status"] not in ("ok", "compiled"):
         pytest.skip(f"{info['cell_id']}: {info['status']}: {info.get('error')}")

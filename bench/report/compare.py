@@ -31,6 +31,8 @@ def describe_key(key: tuple) -> str:
     parts.append(f"×{d['devices']} dev")
     if d["seq_len"] is not None:
         parts.append(f"T={d['seq_len']}")
+    if d["sharding"] not in (None, "dp") or "," in (d["mesh"] or ""):
+        parts.append(f"{d['sharding']} {d['mesh']}")
     return " ".join(parts)
 
 

@@ -171,12 +171,15 @@ def _figures(rows: list[dict], labels: list[str]) -> list:
         scaling(
             rows, labels, "devices", "step_time_s", "step_time_vs_devices", "Step time vs devices"
         ),
+        scaling(
+            rows, labels, "devices", "memory", "memory_vs_devices", "Memory per device vs devices"
+        ),
     ]
 
 
 def build_sections(runs: list[Run], training_dirs=()) -> list:
     """Everything the report shows, in order, whatever the output format."""
-    from archbench.report import curves, tables
+    from archbench.report import curves, strategies, tables
     from archbench.report.render import Details, Section
 
     rows = [r for run in runs for r in run.rows]
@@ -201,6 +204,16 @@ def build_sections(runs: list[Run], training_dirs=()) -> list:
         note += f" Not reported by any run, so left out: {', '.join(missing)}."
     sections.append(Section("Architectures", "main", [note, main]))
     sections.append(Section("Plots", "plots", _figures(rows, labels)))
+    sharded = strategies.strategy_table(rows)
+    if sharded is not None:
+        note = (
+            "Cells on several devices or sharded: each strategy's step time, its strong-scaling "
+            "efficiency against the same cell on one device of the same run (t1 / (N · tN)), "
+            "per-device memory from XLA's memory analysis, and the collectives XLA compiled in "
+            "(count and result bytes per device). Plots of step time and memory per device "
+            "against devices, one line per strategy, are under Plots."
+        )
+        sections.append(Section("Sharding strategies", "sharding", [note, sharded]))
 
     if training_dirs:
         truns = [curves.load_training_run(d) for d in curves.find_run_dirs(training_dirs)]

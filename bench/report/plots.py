@@ -241,7 +241,7 @@ def throughput_bars(rows: list[dict], runs: list[str]) -> Figure | Skipped:
 
 
 # How a series names the configuration that sets it apart: "b=8", "T=128", "×2 dev".
-SHORT = {"batch": "b=", "dtype": "", "devices": "dev=", "seq_len": "T="}
+SHORT = {"batch": "b=", "dtype": "", "devices": "dev=", "seq_len": "T=", "sharding": ""}
 
 # x key: (axis label, plural for notes, symbol of the fitted power law)
 SCALING = {
@@ -251,12 +251,13 @@ SCALING = {
 }
 
 
+CELL = ("arch", "size", "mode")
+
+
 def _series(rows, x_key, y_key):
     """Rows grouped by everything that identifies a cell except x_key; >= 2 distinct x."""
     groups = defaultdict(list)
-    others = [
-        k for k in ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len") if k != x_key
-    ]
+    others = [k for k in (*CELL, "batch", "dtype", "devices", "seq_len", "sharding") if k != x_key]
     for r in rows:
         if _ok(r, y_key) and isinstance(r.get(x_key), int | float) and r[x_key] > 0:
             groups[(r["run"], *(r.get(k) for k in others))].append(r)
@@ -295,7 +296,7 @@ def scaling_plot(rows, runs, x_key, y_key, name, title, guides=()) -> Figure | S
     if not series:
         return Skipped(name, title, f"no architecture was measured at two or more {plural}")
     modes = [m for m in MODES if any(k[3] == m for k in series)]
-    others = [k for k in ("batch", "dtype", "devices", "seq_len") if k != x_key]
+    others = [k for k in ("batch", "dtype", "devices", "seq_len", "sharding") if k != x_key]
     varying = [i for i, k in enumerate(others) if len({key[4 + i] for key in series}) > 1]
 
     def identity(key):  # what a series is, whatever the run and mode: its colour
@@ -324,7 +325,9 @@ def scaling_plot(rows, runs, x_key, y_key, name, title, guides=()) -> Figure | S
             for power in guides:
                 _guide(ax, all_pts, x_key, y_key, power, symbol)
             ax.set(xscale="log", yscale="log", xlabel=x_label, title=mode)
-            ax.set_ylabel("memory (peak, else compiled)" if y_key == "memory" else "step time")
+            ax.set_ylabel(
+                "memory / device (peak, else compiled)" if y_key == "memory" else "step time"
+            )
             log_axis(ax.yaxis, "bytes" if y_key == "memory" else "seconds")
             ax.set_xticks(sorted({p[x_key] for p in all_pts}))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))

@@ -133,8 +133,9 @@ def _numeric(table: Table, j: int) -> bool:
 def headline_rows(rows: list[dict]) -> list[dict]:
     """Per run, architecture and size, the cells of one configuration (both modes).
 
-    The configuration is the fewest devices, the run's most common dtype and sequence length,
-    and the largest batch that ran (the largest measured when none did).
+    The configuration is the fewest devices (dp where it ran, else one strategy), the run's
+    most common dtype and sequence length, and the largest batch that ran (the largest measured
+    when none did).
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
@@ -144,6 +145,9 @@ def headline_rows(rows: list[dict]) -> list[dict]:
     for group in groups.values():
         devices = min(r["devices"] or 1 for r in group)
         group = [r for r in group if (r["devices"] or 1) == devices]
+        strategies = {r.get("sharding") or "dp" for r in group}
+        strategy = "dp" if "dp" in strategies else min(strategies)
+        group = [r for r in group if (r.get("sharding") or "dp") == strategy]
         run = group[0]["run"]
         dtype = max(
             sorted({r["dtype"] for r in group}, key=str), key=lambda d: dtype_count[(run, d)]
@@ -170,6 +174,8 @@ def config_text(r: dict) -> str:
     parts = [f"b={r['batch']}", SHORT_DTYPES.get(r["dtype"], str(r["dtype"]))]
     if (r.get("devices") or 1) > 1:
         parts.append(f"×{r['devices']} dev")
+    if (r.get("sharding") or "dp") != "dp":
+        parts.append(str(r["sharding"]))
     if r.get("seq_len"):
         parts.append(f"T={r['seq_len']}")
     return " ".join(parts)

@@ -1,0 +1,90 @@
+"""Compile only: does a cell fit a device, without running it (or even allocating it)?
+
+The cell's state and batch are jax.ShapeDtypeStructs with the strategy's shardings, so the
+step is lowered and compiled for any model size: a 7B-parameter train step compiles on a
+24 GiB host. The record has the compile times, FLOPs, per-device memory from XLA's memory
+analysis and the collectives, status "compiled", and, given a device's memory, whether the
+step's per-device footprint (compiled_bytes) fits it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax
+
+from archbench.archs import UserError
+from archbench.engine.cell import Cell, batch_shards, cell_keys, validate
+from archbench.engine.measure import compile_cell
+from archbench.engine.outcome import RESULT_KEYS, failure
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+# Memory per chip of known accelerators, from their datasheets (bytes).
+DEVICE_MEMORY = {
+    "h100": 80 * 10**9,  # NVIDIA H100 SXM5 / PCIe datasheet: 80 GB HBM3 / HBM2e
+    "h200": 141 * 10**9,  # NVIDIA H200 datasheet: 141 GB HBM3e
+    "a100-40gb": 40 * 10**9,  # NVIDIA A100 datasheet: 40 GB HBM2
+    "a100-80gb": 80 * 10**9,  # NVIDIA A100 datasheet: 80 GB HBM2e
+    "v4": 32 * 2**30,  # Google Cloud TPU v4: 32 GiB HBM per chip
+    "v5e": 16 * 2**30,  # Google Cloud TPU v5e: 16 GiB HBM per chip
+    "v5p": 95 * 2**30,  # Google Cloud TPU v5p: 95 GiB HBM per chip
+    "v6e": 32 * 2**30,  # Google Cloud TPU v6e: 32 GiB HBM per chip
+}
+
+
+def parse_memory(text: str) -> int:
+    """'80GiB', '16 GB', '1e9' or a known device name ('h100', 'v5e') -> bytes."""
+    key = text.strip().lower()
+    if key in DEVICE_MEMORY:
+        return DEVICE_MEMORY[key]
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]i?b|b)?", key)
+    if not m or float(m[1]) <= 0:
+        raise UserError(
+            f"--device-memory {text!r}: expected a size such as 80GiB or 16GB, or one of "
+            f"{', '.join(DEVICE_MEMORY)}"
+        )
+    return int(float(m[1]) * _UNITS[m[2] or ""])
+
+
+def compile_only(cell: Cell, device_memory: int | None = None) -> dict:
+    """Lower and compile `cell` from abstract arguments; never runs or allocates the model.
+
+    Args:
+      cell: what to compile; invalid cells raise UserError before anything is compiled.
+      device_memory: bytes of one device, to say whether the step fits; None to not say.
+    Returns:
+      A record with RESULT_KEYS: status "compiled" (timing keys None), or "unsupported",
+      "oom" or "error" with a one-line message; it never raises for a failing model.
+    """
+    validate(cell)
+    devices = jax.devices()[: cell.devices]
+    try:
+        _, _, facts = compile_cell(cell, devices, abstract=True)
+    except Exception as exc:
+        return failure(cell, exc)
+    result = dict.fromkeys(RESULT_KEYS)
+    result.update(cell_keys(cell))
+    result.update({k: v for k, v in facts.items() if k in result})
+    result["status"] = "compiled"
+    result["backend"], result["device_kind"] = devices[0].platform, devices[0].device_kind
+    if device_memory is not None:
+        result["device_memory_bytes"] = device_memory
+        needed = result["compiled_bytes"]
+        result["fits"] = None if needed is None else needed <= device_memory
+    return result
+
+
+def largest_batch_that_fits(cell: Cell, device_memory: int, limit: int = 2**16) -> int:
+    """The largest batch shards * 2**k <= limit whose compiled step fits `device_memory`,
+    found by compiling only; the smallest such batch when none fits."""
+    unit = batch_shards(dataclasses.replace(cell, batch=1))
+    batch = unit
+    while batch * 2 <= limit:
+        record = compile_only(dataclasses.replace(cell, batch=batch * 2), device_memory)
+        if not record.get("fits"):
+            break
+        batch *= 2
+    return batch

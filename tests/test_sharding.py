@@ -1,0 +1,224 @@
+"""Sharding strategies: each one's train step against the same step on one device.
+
+The sharded runs happen in a subprocess with four simulated CPU devices. Each strategy's
+prepared cell is given the one-device cell's initial state and batch (placed with the
+strategy's own shardings), takes one step, and must give the same loss and the same updated
+parameters as the one device, within float32 tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from archbench.archs import UserError
+from archbench.engine import analysis, sharding
+from archbench.engine.cell import Cell, from_id, validate
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from archbench.engine.measure import Cell, prepare
+    from archbench.engine.outcome import failure
+
+    def copy(a):  # the step donates its state: never hand it the arrays kept for later runs
+        is_key = jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+        return jax.random.clone(a) if is_key else jnp.copy(a)
+
+    def one_step(prepared, state, batch):
+        target = (prepared.state, prepared.inputs)  # its arrays, with this strategy's shardings
+        leaves = [copy(a) for a in jax.tree.leaves((state, batch))]
+        values = jax.tree.unflatten(jax.tree.structure(target), leaves)
+        where = jax.tree.map(lambda a: a.sharding, target)
+        prepared.state, prepared.inputs = jax.device_put(values, where)
+        metrics = prepared.step()
+        params = jax.tree.map(np.asarray, prepared.state.params)
+        return float(metrics["loss"]), params
+
+    out = {}
+    for arch, strategies in json.loads(sys.argv[1]).items():
+        ref = prepare(Cell(arch, "tiny", "train", 8, "float32"))
+        state, batch = jax.tree.map(copy, (ref.state, ref.inputs))
+        loss1, params1 = one_step(ref, state, batch)
+        for strategy, mesh in strategies:
+            cell = Cell(arch, "tiny", "train", 8, "float32", 4, sharding=strategy, mesh=mesh)
+            try:
+                p = prepare(cell)
+            except Exception as e:
+                out[cell.id] = {"status": failure(cell, e)["status"]}
+                continue
+            specs = {str(a.sharding.spec) for a in jax.tree.leaves(p.state.params)}
+            loss, params = one_step(p, state, batch)
+            diff = max(
+                float(np.max(np.abs(a - b)))
+                for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(params))
+            )
+            out[cell.id] = {
+                "status": "ok", "loss": [loss1, loss], "max_param_diff": diff,
+                "specs": sorted(specs), "argument_bytes": p.facts["argument_bytes"],
+                "collectives": p.facts["collectives"],
+            }
+    print(json.dumps(out))
+    """
+)
+
+CASES = {
+    "mlp": [["dp", None], ["fsdp", None], ["tp", None]],
+    # GPT tiny has 2 heads: tensor parallel over model=2, data parallel over the other 2
+    "gpt": [["dp", None], ["fsdp", None], ["tp", "data=2,model=2"], ["fsdp+tp", "data=2,model=2"]],
+}
+
+
+@pytest.fixture(scope="module")
+def four_devices():
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(CASES)], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "cell_id",
+    [
+        "mlp-tiny-train-b8-float32-d4",
+        "mlp-tiny-train-b8-float32-d4-sfsdp",
+        "gpt-tiny-train-b8-float32-d4",
+        "gpt-tiny-train-b8-float32-d4-sfsdp",
+        "gpt-tiny-train-b8-float32-d4-stp-mdata2model2",
+        "gpt-tiny-train-b8-float32-d4-sfsdp+tp-mdata2model2",
+    ],
+)
+def test_sharded_step_matches_one_device(four_devices, cell_id):
+    r = four_devices[cell_id]
+    assert r["status"] == "ok"
+    loss1, loss = r["loss"]
+    assert loss == pytest.approx(loss1, rel=1e-5)
+    assert r["max_param_diff"] < 1e-5
+    if "-s" not in cell_id:  # dp: every parameter replicated, one gradient all-reduce
+        assert not any("data" in s or "model" in s for s in r["specs"])
+        assert "all-reduce" in r["collectives"]
+    if "fsdp" in cell_id:
+        assert any("data" in s for s in r["specs"])
+        assert "all-gather" in r["collectives"]
+    if "tp" in cell_id:
+        assert any("model" in s for s in r["specs"])
+
+
+def test_fsdp_splits_the_state_a_quarter_per_device(four_devices):
+    dp = four_devices["gpt-tiny-train-b8-float32-d4"]["argument_bytes"]
+    fsdp = four_devices["gpt-tiny-train-b8-float32-d4-sfsdp"]["argument_bytes"]
+    assert fsdp < 0.5 * dp
+
+
+def test_a_family_without_tensor_parallel_rules_is_unsupported(four_devices):
+    assert four_devices["mlp-tiny-train-b8-float32-d4-stp"] == {"status": "unsupported"}
+
+
+def test_rules_place_attention_heads_and_mlp_hidden_units():
+    assert sharding.tp_spec("/params/block_0/self_attn/query/kernel", (32, 2, 16)) == (
+        None,
+        "model",
+        None,
+    )
+    assert sharding.tp_spec("/opt_state/0/mu/block_0/mlp/proj/kernel", (128, 32)) == (
+        "model",
+        None,
+    )
+    assert sharding.tp_spec("/params/Dense_0/kernel", (784, 512)) is None
+    # fsdp: the largest dimension the data axis divides; an indivisible array stays whole
+    assert sharding.fsdp_spec((784, 512), 4, (None, None)) == ("data", None)
+    assert sharding.fsdp_spec((10,), 4, (None,)) == (None,)
+    assert sharding.fsdp_spec((128, 32), 2, ("model", None)) == ("model", "data")
+
+
+@pytest.mark.parametrize(
+    ("strategy", "devices", "mesh", "words"),
+    [
+        ("zero", 4, None, "unknown sharding"),
+        ("tp", 4, "data=3,model=2", "multiply to 6"),
+        ("tp", 4, "data=4", "no 'model' axis"),
+        ("dp", 4, "data=2,pipe=2", "AXIS=SIZE"),
+        ("fsdp+tp", 4, None, "needs --mesh"),
+    ],
+)
+def test_bad_strategies_and_meshes_are_one_line_errors(strategy, devices, mesh, words):
+    with pytest.raises(UserError, match=words):
+        sharding.mesh_axes(strategy, devices, mesh)
+
+
+def test_cell_ids_name_the_strategy_and_mesh_and_parse_back():
+    cell = Cell("gpt", "tiny", "train", 8, "float32", 4, sharding="fsdp+tp", mesh="data=2,model=2")
+    assert cell.id == "gpt-tiny-train-b8-float32-d4-sfsdp+tp-mdata2model2"
+    assert from_id(cell.id) == cell
+    assert Cell("gpt", "tiny", "train", 8, "float32", 4).id == "gpt-tiny-train-b8-float32-d4"
+
+
+def test_batch_must_divide_into_the_strategys_batch_shards(monkeypatch):
+    monkeypatch.setattr("jax.devices", lambda: [object()] * 4)
+    with pytest.raises(UserError, match="2 batch shards"):
+        validate(
+            Cell("gpt", "tiny", "train", 3, "float32", 4, sharding="tp", mesh="data=2,model=2")
+        )
+
+
+def test_collectives_are_read_from_hlo_text_with_tuples():
+    hlo = (
+        "%all-reduce.8 = (f32[512]{0}, f32[10,512]{1,0}, /*index=2*/f32[]) all-reduce(%a, %b, %c)\n"
+        "%ag = bf16[8,16]{1,0} all-gather(%x), dimensions={0}\n"
+        "%ags = (f32[2,4]{1,0}, f32[8,4]{1,0}) all-gather-start(%y)\n"
+        "%agd = f32[8,4]{1,0} all-gather-done(%ags)\n"
+    )
+    found = analysis.collectives(hlo)
+    assert found["all-reduce"] == {"count": 1, "bytes": 4 * (512 + 5120 + 1)}
+    assert found["all-gather"] == {"count": 2, "bytes": 2 * 128 + 4 * 32}
+    assert found["reduce-scatter"] == {"count": 0, "bytes": 0}
+
+
+def test_report_has_a_strategy_table_with_efficiency_and_a_memory_plot(tmp_path):
+    from archbench.cli.main import main
+    from tests.test_compare import make_row, write_results
+
+    def row(devices, strategy, step, argument_bytes, mesh=None):
+        return make_row(
+            "gpt", step_time_s=step, devices=devices, sharding=strategy,
+            mesh=mesh or f"data={devices}", argument_bytes=argument_bytes, temp_bytes=1000,
+            collective_count=0 if devices == 1 else 1,
+            collective_bytes=0 if devices == 1 else 4096,
+            collectives={} if devices == 1 else {"all-reduce": {"count": 1, "bytes": 4096}},
+        )  # fmt: skip
+
+    rows = [
+        row(1, "dp", 0.04, 4_000_000),
+        row(2, "dp", 0.025, 4_000_000),
+        row(4, "dp", 0.02, 4_000_000),
+        row(2, "fsdp", 0.03, 2_000_000),
+        row(4, "fsdp", 0.016, 1_000_000),
+        make_row("mlp", devices=4, sharding="tp", mesh="model=4", status="unsupported",
+                 error="Unsupported: no tensor-parallel rule matches this family's parameters"),
+    ]  # fmt: skip
+    path = write_results(tmp_path / "r.json", rows, device_count=4)
+    md = tmp_path / "r.md"
+    assert main(["report", path, "--md", str(md)]) == 0
+    text = md.read_text()
+    table = text.split("## Sharding strategies", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in table.splitlines() if line.startswith("| ")][1:]  # no header
+    assert len(lines) == 5  # every cell on several devices; the one-device dp cell is the base
+    by_cell = {tuple(c.strip() for c in line.split("|")[3:5]): line for line in lines}
+    assert "50%" in by_cell[("4", "dp")]  # 0.04 / (4 * 0.02)
+    assert "62.5%" in by_cell[("4", "fsdp")]  # 0.04 / (4 * 0.016)
+    assert "977 KiB" in by_cell[("4", "fsdp")] and "all-reduce ×1" in by_cell[("4", "fsdp")]
+    assert "unsupported: Unsupported: no tensor-parallel rule" in by_cell[("4", "tp")]
+    assert (tmp_path / "r_files" / "memory_vs_devices.svg").exists()
+    assert (tmp_path / "r_files" / "step_time_vs_devices.svg").exists()
