@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs.registry import IMAGENET, ArchSpec, InputSpec, Size, register
+from archbench.archs.registry import CIFAR, IMAGENET, ArchSpec, InputSpec, Size, register
 
 # One Inception module as the columns of Table 1:
 # (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
@@ -123,7 +123,7 @@ register(
                     "stem_widths": (8, 8, 8),
                     "num_classes": 10,
                 },
-                InputSpec("image", (32, 32, 3)),
+                CIFAR,
             ),
             # Table 1 at a quarter of the widths on 64x64 images (final map 2x2), 10 classes.
             "small": Size(

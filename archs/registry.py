@@ -88,6 +88,7 @@ IMAGE_28 = InputSpec("image", (28, 28, 1))  # MNIST, Fashion-MNIST
 ROWS_28 = InputSpec("sequence", (28, 28))  # a 28x28 image read row by row
 MNIST1D = InputSpec("sequence", (40, 1))  # MNIST-1D (Greydanus 2020): 40 steps, 1 feature
 IMAGENET = InputSpec("image", (224, 224, 3))
+CIFAR = InputSpec("image", (32, 32, 3))  # CIFAR-10/100
 
 
 @dataclass(frozen=True)

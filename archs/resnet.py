@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs.registry import IMAGENET, ArchSpec, InputSpec, Size, register
+from archbench.archs.registry import CIFAR, IMAGENET, ArchSpec, Size, register
 
 ModuleDef = Any
 
@@ -119,7 +119,6 @@ class ResNet(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
 
-CIFAR = InputSpec("image", (32, 32, 3))
 CIFAR_STYLE = {"block_cls": BasicBlock, "stem": "cifar", "shortcut": "pad", "num_classes": 10}
 # The ImageNet counts are those of torchvision's resnet18/34/50, He et al.'s Table 1 models
 # with 1x1 projection shortcuts where shapes change (option B) and BatchNorm scale and bias.

@@ -23,6 +23,7 @@ def test_registry_has_every_required_family():
     required = {
         "MLP", "CNN", "LeNet-5", "ResNet", "Inception", "RNN", "LSTM", "GRU",
         "Transformer encoder", "Transformer decoder", "Transformer encoder-decoder",
+        "Vision Transformer", "MLP-Mixer", "Llama decoder", "Mamba (selective SSM)",
     }  # fmt: skip
     assert required <= families, f"missing: {required - families}"
 

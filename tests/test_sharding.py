@@ -72,6 +72,8 @@ CASES = {
     "mlp": [["dp", None], ["fsdp", None], ["tp", None]],
     # GPT tiny has 2 heads: tensor parallel over model=2, data parallel over the other 2
     "gpt": [["dp", None], ["fsdp", None], ["tp", "data=2,model=2"], ["fsdp+tp", "data=2,model=2"]],
+    # Llama tiny: grouped-query attention (4 query heads, 2 key/value heads) and SwiGLU
+    "llama": [["fsdp", None], ["tp", "data=2,model=2"]],
 }
 
 
@@ -98,6 +100,8 @@ def four_devices():
         "gpt-tiny-train-b8-float32-d4-sfsdp",
         "gpt-tiny-train-b8-float32-d4-stp-mdata2model2",
         "gpt-tiny-train-b8-float32-d4-sfsdp+tp-mdata2model2",
+        "llama-tiny-train-b8-float32-d4-sfsdp",
+        "llama-tiny-train-b8-float32-d4-stp-mdata2model2",
     ],
 )
 def test_sharded_step_matches_one_device(four_devices, cell_id):
