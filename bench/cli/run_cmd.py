@@ -3,6 +3,11 @@
 Everything a user can get wrong is checked here, before pytest starts and before the results
 file is touched; the matrix itself (archbench/matrix/test_matrix.py) runs in this process through
 `pytest.main`, with a progress bar on stderr.
+
+A multi-process job (--coordinator ... or --distributed auto; archbench.engine.distributed)
+runs the matrix in a supervised child process that joins the job before anything touches a
+device; every process runs every cell, process 0 alone checks and writes --out and prints.
+`--split K/N` runs one shard of the selected cells.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from archbench.archs import UserError
+from archbench.engine import distributed
 from archbench.matrix import results, session
 
 HELP = "run the benchmark matrix"
@@ -67,6 +73,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds of timed rounds per cell (default: 1.5)",
     )
+    s = p.add_argument_group(
+        "scale out (docs/multihost.md)",
+        "Several processes (hosts) run one matrix together: start the same command on each; "
+        "process 0 writes --out, the others only compute.",
+    )
+    s.add_argument(
+        "--split",
+        metavar="K/N",
+        help="run only the K-th of N disjoint shards of the selected cells (every N-th cell "
+        "from the K-th); merge the files with `archbench report a.json b.json`",
+    )
+    s.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address and a port")
+    s.add_argument("--num-processes", metavar="N", help="processes in the job")
+    s.add_argument("--process-id", metavar="I", help="this process: 0 .. N-1")
+    s.add_argument(
+        "--distributed",
+        metavar="auto",
+        help="'auto': JAX finds the coordinator, count and id (SLURM, Open MPI, Cloud TPU)",
+    )
+    s.add_argument(
+        "--distributed-timeout",
+        metavar="SECONDS",
+        help=f"how long a process waits for its peers to join, and for a silent peer before "
+        f"giving up (default: {distributed.DEFAULT_TIMEOUT_S})",
+    )
 
 
 def device_slug(info: dict) -> str:
@@ -116,8 +147,9 @@ def check_out(path: Path, resume: bool, overwrite: bool, info: dict) -> dict | N
     return existing
 
 
-def pytest_args(args, out: Path) -> list[str]:
-    """The command line of the matrix: the suite, isolated from the project's pytest setup."""
+def pytest_args(args, out: Path | None) -> list[str]:
+    """The command line of the matrix: the suite, isolated from the project's pytest setup.
+    `out` None: write no results file (the processes of a multi-process job but process 0)."""
     suite = Path(session.__file__).with_name("test_matrix.py")
     argv = [
         str(suite),
@@ -129,13 +161,15 @@ def pytest_args(args, out: Path) -> list[str]:
         "no:terminal",
         "--benchmark-enable",
         "--archbench-progress",
-        "--archbench-out",
-        str(out),
     ]
+    if out is not None:
+        argv += ["--archbench-out", str(out)]
     for name in FILTERS:
         value = getattr(args, name)
         if value is not None:
             argv.append(f"--{name.replace('_', '-')}={value}")
+    if args.split is not None:
+        argv.append(f"--split={args.split}")
     if args.target_s is not None:
         argv.append(f"--target-s={args.target_s}")
     if args.resume:
@@ -170,31 +204,81 @@ def summary(path: Path) -> tuple[str, int]:
 
 
 def run(args) -> int:
-    import pytest
-
-    from archbench.engine import aot, measure
+    from archbench.engine import aot
     from archbench.matrix import cells
 
     if args.target_s is not None and not args.target_s > 0:
         raise UserError(f"--target-s {args.target_s}: must be positive")
     if args.device_memory is not None:
         aot.parse_memory(args.device_memory)  # a bad size: one line, before anything runs
-    requests = cells.select(**{name: getattr(args, name) for name in FILTERS})
-    info = measure.device_info()
-    out = resolve_out(args.out, args.resume, info)
-    check_out(out, args.resume, args.overwrite, info)
-    print(
-        f"archbench: {len(requests)} cell(s) on {device_slug(info)} -> {out}",
-        file=sys.stderr,
+    cells.parse_split(args.split)
+    job = distributed.parse(
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        args.distributed,
+        args.distributed_timeout,
     )
-    code = pytest.main(pytest_args(args, out))
+    if job is None:
+        return run_matrix(args)
+    if args.batch and cells.AUTO in cells.comma_list(args.batch) and not args.compile_only:
+        raise UserError(
+            "--batch auto searches by running out of memory, which the processes of a "
+            "multi-process job cannot do in step; give batch sizes (or use --compile-only)"
+        )
+
+    def work() -> int:
+        distributed.initialize(job)  # before anything touches a JAX device
+        return run_matrix(args)
+
+    return distributed.supervise(work, job)
+
+
+def run_matrix(args) -> int:
+    """Run the matrix `args` asks for (in each process of a multi-process job alike)."""
+    import pytest
+
+    from archbench.engine import measure
+    from archbench.matrix import cells
+
+    requests = cells.select(**{name: getattr(args, name) for name in FILTERS}, split=args.split)
+    info = measure.device_info()
+    main = distributed.is_main()  # process 0 checks and writes the results file, and speaks
+    out, problem = None, None
+    if main:
+        try:
+            out = resolve_out(args.out, args.resume, info)
+            check_out(out, args.resume, args.overwrite, info)
+        except UserError as e:
+            problem = str(e)
+    problem = distributed.agreed(problem)  # every process starts the matrix, or none does
+    if problem:
+        raise UserError(problem if main else f"process 0 did not start: {problem}")
+    if main:
+        processes = f" x {info['process_count']} processes" if info["process_count"] > 1 else ""
+        print(
+            f"archbench: {len(requests)} cell(s) on {device_slug(info)}{processes} -> {out}",
+            file=sys.stderr,
+        )
+    argv = pytest_args(args, out)
+    if info["process_count"] > 1:
+        # native output (a fatal error's reason) reaches archbench's supervisor, not pytest's
+        # capture, and a Python traceback of an abort goes with it to its log, not to stderr
+        argv += ["--capture=sys", "-p", "no:faulthandler"]
+    code = pytest.main(argv)
     if code == pytest.ExitCode.INTERRUPTED:
-        print(f"archbench: interrupted; finished cells are in {out} (--resume)", file=sys.stderr)
+        if main:
+            print(
+                f"archbench: interrupted; finished cells are in {out} (--resume)", file=sys.stderr
+            )
         return 130
-    if code == pytest.ExitCode.NO_TESTS_COLLECTED and out.exists():
-        print(f"archbench: every selected cell is already in {out}", file=sys.stderr)
+    if code == pytest.ExitCode.NO_TESTS_COLLECTED and (not main or out.exists()):
+        if main:
+            print(f"archbench: every selected cell is already in {out}", file=sys.stderr)
     elif code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         raise UserError(f"the matrix did not run (pytest exit status {int(code)})")
+    if not main:
+        return 1 if code == pytest.ExitCode.TESTS_FAILED else 0
     if not out.exists():
         raise UserError(f"no cell was measured; {out} not written")
     line, status = summary(out)

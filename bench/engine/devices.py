@@ -6,11 +6,13 @@ jit propagates these input shardings through the step (XLA inserts the gradient 
 On CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=N` gives N devices; they share the
 host's cores, so they test correctness, not speed.
 
-Several hosts: start the same program on every host and, before any other JAX call, run
-`jax.distributed.initialize(coordinator_address="host0:1234", num_processes=P, process_id=i)`
-(on Cloud TPU and under SLURM the arguments are found automatically). `jax.devices()` then
-lists the devices of every host, so the same Mesh code spans them, and each process computes
-only the shards of the jitted state and batch that live on its own devices.
+Several hosts: start the same program on every host; `archbench run --coordinator host0:1234
+--num-processes P --process-id i` (or `--distributed auto` under SLURM, Open MPI or on a Cloud
+TPU pod) joins them through `jax.distributed.initialize` before any other JAX call
+(archbench.engine.distributed, docs/multihost.md). `jax.devices()` then lists the devices of
+every host, so the same Mesh code spans them, and each process computes only the shards of the
+jitted state and batch that live on its own devices. `device_info` records `process_count` and
+`local_device_count` (devices per process) beside the global `device_count`.
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ def device_info() -> dict:
     return {
         "backend": jax.default_backend(),
         "device_kind": device.device_kind,
-        "device_count": jax.device_count(),
-        "local_device_count": jax.local_device_count(),
+        "device_count": jax.device_count(),  # every process's: the devices a mesh can span
+        "local_device_count": jax.local_device_count(),  # this process's
         "process_count": jax.process_count(),
         **versions,
         "python": platform.python_version(),

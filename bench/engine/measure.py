@@ -114,9 +114,13 @@ class Prepared:
             out = self.step()
         jax.block_until_ready(out)
 
-    def calibrate(self, min_round_s: float = 0.05, warmup: int = 2) -> int:
+    def calibrate(self, min_round_s: float = 0.05, warmup: int = 2, agree=None) -> int:
         """Warm up (at least one round), then grow `steps_per_round` until one round lasts
-        `min_round_s`, so timer resolution and dispatch jitter are negligible. Returns it."""
+        `min_round_s`, so timer resolution and dispatch jitter are negligible. Returns it.
+
+        `agree` maps each measured round time to the one every process acts on (several
+        processes must run the same steps: archbench.engine.distributed.agreed); None: as is.
+        """
         self.steps_per_round = 1
         for _ in range(max(1, warmup)):
             self.run_round()
@@ -124,6 +128,8 @@ class Prepared:
             start = time.perf_counter()
             self.run_round()
             elapsed = time.perf_counter() - start
+            if agree is not None:
+                elapsed = agree(elapsed)
             if elapsed >= min_round_s:
                 break
             grow = min(100.0, 1.2 * min_round_s / max(elapsed, 1e-9))

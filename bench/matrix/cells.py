@@ -1,7 +1,8 @@
 """Which cells to run: the matrix's filters, checked value by value, and their defaults.
 
 `select(...)` turns comma lists of filters (as typed on the command line) into `CellRequest`s,
-checking every value first; without filters it gives the main job (DEFAULTS).
+checking every value first; without filters it gives the main job (DEFAULTS). `split="K/N"`
+keeps the K-th of N disjoint shards of them, so one matrix can be spread over array jobs.
 """
 
 from __future__ import annotations
@@ -86,6 +87,19 @@ def _positive_ints(option: str, values: list[str], allow_auto: bool = False) -> 
     return list(dict.fromkeys(out))
 
 
+def parse_split(text: str | None) -> tuple[int, int] | None:
+    """'K/N' -> (K, N) with 1 <= K <= N; None -> None. Raises UserError in one line."""
+    if text is None:
+        return None
+    k, slash, n = str(text).strip().partition("/")
+    if not slash or not k.strip().isdigit() or not n.strip().isdigit():
+        raise UserError(f"--split {text!r}: expected K/N, the K-th of N shards, e.g. 1/4")
+    k_, n_ = int(k), int(n)
+    if not 1 <= k_ <= n_:
+        raise UserError(f"--split {text!r}: K must be 1..N (here N = {n_})")
+    return k_, n_
+
+
 def _arch_names(patterns: list[str]) -> list[str]:
     chosen = []
     for pattern in patterns:
@@ -111,6 +125,7 @@ def select(
     seq_len: str | None = None,
     sharding: str | None = None,
     mesh: str | None = None,
+    split: str | None = None,
 ) -> list[CellRequest]:
     """The cells a set of filters selects, each value checked before anything runs.
 
@@ -122,12 +137,15 @@ def select(
         to the selected architectures that have it; a sequence length only to sequence models.
       mesh: one mesh for every cell, "data=2,model=2" (its sizes multiply to each device
         count); None: each strategy's own one-axis mesh.
+      split: "K/N": only every N-th of the selected cells, from the K-th (1-based), so the
+        N shards are disjoint, cover the selection and are about equally mixed.
     Returns:
       CellRequests in a stable order: architecture, size, mode, dtype, devices, sharding,
       batch, seq_len.
     Raises:
       UserError (one line, listing the valid choices) for any bad value.
     """
+    shard = parse_split(split)
     names = _arch_names(_values("--arch", arch, "*"))
     specs = {n: archs.get(n) for n in names}
     all_sizes = list(dict.fromkeys(s for spec in specs.values() for s in spec.sizes))
@@ -181,4 +199,12 @@ def select(
     for r in requests:  # anything measure itself refuses, before anything runs
         unit = measure.batch_shards(r.cell(batch=1)) if r.batch == AUTO else None
         measure.validate(r.cell(batch=unit))
+    if shard is not None:
+        k, n = shard
+        if k > len(requests):
+            raise UserError(
+                f"--split {split}: shard {k} is empty; the selection has only "
+                f"{len(requests)} cell(s)"
+            )
+        requests = requests[k - 1 :: n]
     return requests

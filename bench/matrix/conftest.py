@@ -29,6 +29,9 @@ def pytest_addoption(parser):
     group.addoption("--sharding", help="strategies: dp, fsdp, tp, fsdp+tp (default: dp)")
     group.addoption("--mesh", help="named mesh axes for every cell, e.g. data=2,model=2")
     group.addoption(
+        "--split", metavar="K/N", help="only the K-th of N disjoint shards of the selected cells"
+    )
+    group.addoption(
         "--target-s",
         type=float,
         default=session.DEFAULT_TARGET_S,
@@ -54,7 +57,9 @@ def pytest_configure(config):
         raise pytest.UsageError("--target-s must be positive")
     memory = config.getoption("device_memory")
     try:
-        requests = cells.select(**{name: config.getoption(name) for name in FILTERS})
+        requests = cells.select(
+            **{name: config.getoption(name) for name in FILTERS}, split=config.getoption("split")
+        )
         plugin = session.MatrixSession(
             config,
             out=config.getoption("archbench_out"),

@@ -8,6 +8,10 @@ beside it adds the selection options (archbench.matrix.cells) and registers `Mat
   never raises for a failing model: the failure is its status ("oom" or "error").
 - `MatrixSession` rewrites the results file after every cell (archbench.matrix.results), skips
   cells already measured when resuming, and draws the progress bar.
+
+In a multi-process job (archbench.engine.distributed) every process runs every cell and every
+step alike, or the collectives would deadlock: process 0's clock plans the rounds and its
+results file says which cells are done; only process 0 writes the file and prints.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from datetime import UTC, datetime
 import pytest
 
 from archbench import units
-from archbench.engine import aot, autobatch, measure
+from archbench.engine import aot, autobatch, distributed, measure
 from archbench.matrix import results
 from archbench.matrix.cells import AUTO, CellRequest
 
@@ -79,10 +83,11 @@ def measure_request(benchmark, request: CellRequest, target_s: float) -> dict:
         if request.batch == AUTO:
             cell = request.cell(batch=autobatch.find_max_batch(cell))
         prepared = measure.prepare(cell)
-        prepared.calibrate(warmup=1)  # a warm-up round; rounds of at least 50 ms
+        # a warm-up round; rounds of >= 50 ms, process 0's round times deciding for all
+        prepared.calibrate(warmup=1, agree=distributed.agreed)
         start = time.perf_counter()
         prepared.run_round()  # the second warm-up round, timed to plan the rounds
-        rounds = plan_rounds(time.perf_counter() - start, target_s)
+        rounds = plan_rounds(distributed.agreed(time.perf_counter() - start), target_s)
         benchmark.pedantic(prepared.run_round, rounds=rounds, iterations=1, warmup_rounds=0)
         if benchmark.enabled:
             round_times = list(benchmark.stats.stats.data)
@@ -133,7 +138,8 @@ class MatrixSession:
 
     Args:
       config: the pytest config.
-      out: the results file, or None to write none (plain `pytest bench/matrix/test_matrix.py`).
+      out: the results file, or None to write none (plain `pytest bench/matrix/test_matrix.py`);
+        only process 0 of a multi-process job reads or writes it.
       resume: skip cells already in `out` with status ok; failed ones run again.
       target_s: seconds of timed rounds per cell.
       progress: draw a tqdm bar on stderr (a line per cell when stderr is not a terminal) and
@@ -153,11 +159,12 @@ class MatrixSession:
         device_memory=None,
     ):
         self.config = config
-        self.out = out
+        self.main = distributed.is_main()  # the others write nothing and stay quiet
+        self.out = out if self.main else None
         self.target_s = target_s
         self.compile_only = compile_only
         self.device_memory = device_memory
-        self.progress = progress
+        self.progress = progress and self.main
         self.bar = None
         self.total = 0
         self.rows: dict[str, dict] = {}
@@ -165,11 +172,12 @@ class MatrixSession:
         self.started = datetime.now(UTC).isoformat()
         self.measured = 0
         self.notes: list[str] = []
-        existing = results.check_out_file(out) if out else None
+        existing = results.check_out_file(self.out) if self.out else None
         if existing and resume:
             self.rows = {row_key(r): r for r in existing["benchmarks"]}
             self.started = existing[results.MARKER].get("started", self.started)
-        self.done = {k for k, r in self.rows.items() if results.is_ok(r)}
+        done = sorted(k for k, r in self.rows.items() if results.is_ok(r))
+        self.done = set(distributed.agreed(done))  # process 0's file decides for all
 
     # -- pytest hooks
 
@@ -222,6 +230,7 @@ class MatrixSession:
 
     def record(self, benchmark, info: dict) -> None:
         """Add one measured (or failed) cell and rewrite the results file."""
+        distributed.check_peers(f"at {info.get('cell_id')}")  # a lost peer is no cell's failure
         row = benchmark_row(benchmark)
         self.rows[row_key(row)] = row
         self.measured += 1
@@ -241,6 +250,8 @@ class MatrixSession:
             self.write()
 
     def write(self, complete: bool = False) -> None:
+        if not (self.main and self.out):  # process 0 alone writes the results file
+            return
         if self.header is None:
             self.header = self._header()
         doc = {**self.header, "datetime": datetime.now(UTC).isoformat()}
