@@ -58,6 +58,13 @@ def test_bad_device_memory_is_a_one_line_error(text):
         aot.parse_memory(text)
 
 
+def test_device_memory_without_compile_only_is_a_one_line_error(tmp_path, capsys):
+    argv = ["run", "--arch", "mlp", "--size", "tiny", "--device-memory", "80GiB"]
+    assert main([*argv, "--out", str(tmp_path / "r.json")]) == 2
+    assert "add --compile-only" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_run_compile_only_records_memory_and_fit_and_resumes(tmp_path, capsys):
     out = tmp_path / "aot.json"
     argv = ["run", "--arch", "mlp", "--size", "small", "--mode", "train", "--batch", "8"]

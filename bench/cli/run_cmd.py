@@ -210,6 +210,8 @@ def run(args) -> int:
     if args.target_s is not None and not args.target_s > 0:
         raise UserError(f"--target-s {args.target_s}: must be positive")
     if args.device_memory is not None:
+        if not args.compile_only:
+            raise UserError("--device-memory says whether compiled cells fit: add --compile-only")
         aot.parse_memory(args.device_memory)  # a bad size: one line, before anything runs
     cells.parse_split(args.split)
     job = distributed.parse(
