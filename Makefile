@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean tpu-compiler
 
 setup: $(STAMP)
 
@@ -30,12 +30,22 @@ run: $(STAMP)
 	if [ -f $(RESULTS) ]; then $(BIN)/archbench report $(RESULTS) --table \
 	  -o $(RESULTS:.json=.html) --md $(RESULTS:.json=.md); fi; exit $$status
 
-test: $(STAMP)
-	$(BIN)/pytest
+# libtpu beside the venv, not in it: tests/test_topology.py compiles for a TPU topology with it
+# (PYTHONPATH=.libtpu), while every other process runs without libtpu's start-up warnings.
+LIBTPU := .libtpu
+$(LIBTPU)/.installed: constraints.txt
+	$(BIN)/pip install -q --no-deps --upgrade --target $(LIBTPU) -c constraints.txt libtpu
+	touch $@
+tpu-compiler: $(STAMP) $(LIBTPU)/.installed
+
+# One pytest-xdist worker per core, each taking whole test files (a file's fixtures are built
+# once); plain `pytest` runs the same suite in one process.
+test: $(STAMP) $(LIBTPU)/.installed
+	$(BIN)/pytest -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LIBTPU)

@@ -13,12 +13,14 @@ from archbench.archs.registry import (
     Size,
     UnknownNameError,
     UserError,
+    active_param_count,
     cells,
     count_params,
     get,
     init_variables,
     names,
     param_count,
+    param_counts,
     register,
 )
 
@@ -28,12 +30,14 @@ __all__ = [
     "Size",
     "UnknownNameError",
     "UserError",
+    "active_param_count",
     "cells",
     "count_params",
     "get",
     "init_variables",
     "names",
     "param_count",
+    "param_counts",
     "register",
 ]
 

@@ -31,8 +31,14 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, context: jax.Array | None = None, *, causal: bool = False
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        *,
+        causal: bool = False,
+        decode: bool = False,
     ) -> jax.Array:
+        """`decode`: causal self-attention over a key/value cache (see `update_kv_cache`)."""
         context = x if context is None else context
         width = x.shape[-1]
         if width % self.num_heads:
@@ -52,9 +58,14 @@ class MultiHeadAttention(nn.Module):
         q = project("query", x)  # (B, T, H, Dh)
         k = project("key", context)  # (B, S, H, Dh)
         v = project("value", context)  # (B, S, H, Dh)
-        y = jax.nn.dot_product_attention(
-            q, k, v, is_causal=causal, implementation=self.attention_impl
-        )  # (B, T, H, Dh)
+        cached = update_kv_cache(self, k, v, *decode_position(self, x.shape[1])) if decode else None
+        if cached is not None:
+            k, v, mask = cached  # the whole cache (B, S_cache, H, Dh) and (1, 1, T, S_cache)
+            y = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        else:
+            y = jax.nn.dot_product_attention(
+                q, k, v, is_causal=causal, implementation=self.attention_impl
+            )  # (B, T, H, Dh)
         return nn.DenseGeneral(
             width,
             axis=(-2, -1),
@@ -109,7 +120,12 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, context: jax.Array | None = None, *, train: bool = False
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        *,
+        train: bool = False,
+        decode: bool = False,
     ) -> jax.Array:
         def residual(x: jax.Array, f: Callable, name: str) -> jax.Array:
             norm = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name=f"ln_{name}")
@@ -127,7 +143,9 @@ class Block(nn.Module):
             param_dtype=self.param_dtype,
             name=name,
         )
-        x = residual(x, lambda h: attention("self_attn")(h, causal=self.causal), "self_attn")
+        x = residual(
+            x, lambda h: attention("self_attn")(h, causal=self.causal, decode=decode), "self_attn"
+        )
         if context is not None:
             x = residual(x, lambda h: attention("cross_attn")(h, context), "cross_attn")
         mlp = Mlp(
@@ -154,15 +172,71 @@ def layer_norm(eps: float, dtype, param_dtype, name: str | None = None) -> nn.La
 
 
 def learned_positions(
-    length: int, max_len: int, width: int, init: Initializer, dtype, param_dtype
+    length: int,
+    max_len: int,
+    width: int,
+    init: Initializer,
+    dtype,
+    param_dtype,
+    start: jax.Array | None = None,
 ) -> jax.Array:
-    """The first `length` rows of a learned (max_len, width) position table; call in compact."""
+    """Rows start .. start + length - 1 (from 0 if None) of a learned (max_len, width) position
+    table; call in compact. A traced `start` (decoding) is not checked against max_len."""
     if length > max_len:
         raise ValueError(f"sequence length {length} exceeds the {max_len} learned positions")
     table = nn.Embed(
         max_len, width, embedding_init=init, dtype=dtype, param_dtype=param_dtype, name="pos_embed"
     )
-    return table(jnp.arange(length))  # (T, D)
+    positions = jnp.arange(length) if start is None else start + jnp.arange(length)
+    return table(positions)  # (T, D)
+
+
+# ---- decoding with a cache ----------------------------------------------------------------
+# As flax's own `decode=True` attention does, the cache is the "cache" variable collection.
+# `model.init(key, tokens, decode=True)` creates it: its arrays get the shapes of that call's
+# input, so a (B, P + G) input makes room for P + G positions, and that first call runs the
+# plain forward pass. Later calls, `model.apply({"params": p, "cache": c}, tokens,
+# decode=True, mutable=["cache"])`, feed T new tokens (the prompt, then one at a time) and
+# return the updated cache.
+
+
+def decode_position(module: nn.Module, length: int) -> tuple[jax.Array, bool]:
+    """The absolute position of this call's first token, and whether the cache already existed.
+
+    Keeps the module's next position in its "cache" variable "index" (int32) and advances it
+    by `length`; on the call that creates the cache (`ready` False) the position is 0.
+    """
+    ready = module.has_variable("cache", "index")
+    index = module.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    start = index.value
+    index.value = start + length
+    return start, ready
+
+
+def update_kv_cache(
+    module: nn.Module, k: jax.Array, v: jax.Array, start: jax.Array, ready: bool
+) -> tuple[jax.Array, jax.Array, jax.Array] | None:
+    """Write this call's keys and values at positions start .. start + T - 1 of the cache.
+
+    Args:
+      module: the attention layer; it owns the "cache" variables "cached_key" and "cached_value".
+      k, v: (B, T, K, Dh) keys (already rotated, for RoPE) and values of the T new tokens.
+      start, ready: from `decode_position`.
+    Returns:
+      (keys, values, mask): the whole cache (B, S, K, Dh) each, and the (1, 1, T, S) mask
+      that lets query t see cached positions up to start + t; None on the call that creates
+      the cache, which attends causally over its own T = S inputs.
+    """
+    keys = module.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    values = module.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    if not ready:
+        return None
+    at = (0, start, 0, 0)
+    keys.value = jax.lax.dynamic_update_slice(keys.value, k.astype(keys.value.dtype), at)
+    values.value = jax.lax.dynamic_update_slice(values.value, v.astype(values.value.dtype), at)
+    query_pos = start + jnp.arange(k.shape[1])  # (T,)
+    mask = jnp.arange(keys.value.shape[1])[None, :] <= query_pos[:, None]  # (T, S)
+    return keys.value, values.value, mask[None, None]
 
 
 def sinusoidal_positions(length: int, width: int) -> np.ndarray:

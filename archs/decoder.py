@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs._transformer import Block, layer_norm, learned_positions
+from archbench.archs._transformer import Block, decode_position, layer_norm, learned_positions
 from archbench.archs.registry import ArchSpec, InputSpec, Size, register
 
 
@@ -27,7 +27,10 @@ class GPT(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False, decode: bool = False) -> jax.Array:
+        """x (B, T) tokens -> (B, T, V) logits. `decode`: x continues the sequence whose keys
+        and values are in the "cache" collection (archbench.archs._transformer), at positions
+        after those it holds."""
         normal = nn.initializers.normal
         token_embed = nn.Embed(
             self.vocab_size,
@@ -39,8 +42,9 @@ class GPT(nn.Module):
         )
         h = token_embed(x)  # (B, T, D)
         # openai/gpt-2 model.py draws wte from N(0, 0.02) and wpe from N(0, 0.01).
+        start = decode_position(self, x.shape[1])[0] if decode else None
         h = h + learned_positions(
-            x.shape[1], self.max_len, self.width, normal(0.01), self.dtype, self.param_dtype
+            x.shape[1], self.max_len, self.width, normal(0.01), self.dtype, self.param_dtype, start
         )
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         for i in range(self.num_layers):
@@ -59,7 +63,7 @@ class GPT(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=f"block_{i}",
-            )(h, train=train)  # (B, T, D)
+            )(h, train=train, decode=decode)  # (B, T, D)
         h = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, "ln_final")(h)
         return token_embed.attend(h)  # (B, T, V), the token embedding as output projection
 

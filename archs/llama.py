@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from archbench.archs._transformer import decode_position, update_kv_cache
 from archbench.archs.registry import ArchSpec, InputSpec, Size, register
 
 Initializer = Callable[..., jax.Array]
@@ -85,7 +86,9 @@ class GroupedQueryAttention(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, decode: bool = False) -> jax.Array:
+        """`decode`: attend over the key/value cache (archbench.archs._transformer); the rotary
+        angles are those of the tokens' absolute positions in the sequence."""
         length, width = x.shape[-2:]
         if width % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError(
@@ -106,13 +109,23 @@ class GroupedQueryAttention(nn.Module):
                 name=name,
             )(x)  # (B, T, heads, Dh)
 
-        cos, sin = rope_tables(length, head_dim, self.rope_base)
+        start, ready = decode_position(self, length) if decode else (0, False)
+        if ready:  # rows start .. start + T - 1 of the tables for every position
+            tables = rope_tables(self.max_len, head_dim, self.rope_base)
+            cos, sin = (jax.lax.dynamic_slice_in_dim(jnp.asarray(t), start, length) for t in tables)
+        else:
+            cos, sin = rope_tables(length, head_dim, self.rope_base)
         q = apply_rope(project("query", self.num_heads), cos, sin)  # (B, T, H, Dh)
         k = apply_rope(project("key", self.num_kv_heads), cos, sin)  # (B, T, K, Dh)
         v = project("value", self.num_kv_heads)  # (B, T, K, Dh)
-        y = jax.nn.dot_product_attention(
-            q, k, v, is_causal=True, implementation=self.attention_impl
-        )  # (B, T, H, Dh)
+        cached = update_kv_cache(self, k, v, start, ready) if decode else None
+        if cached is not None:
+            k, v, mask = cached  # the whole cache (B, S, K, Dh) each, mask (1, 1, T, S)
+            y = jax.nn.dot_product_attention(q, k, v, mask=mask)  # (B, T, H, Dh)
+        else:
+            y = jax.nn.dot_product_attention(
+                q, k, v, is_causal=True, implementation=self.attention_impl
+            )  # (B, T, H, Dh)
         return nn.DenseGeneral(
             width,
             axis=(-2, -1),
@@ -167,7 +180,7 @@ class LlamaBlock(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False, decode: bool = False) -> jax.Array:
         def norm(name: str) -> RMSNorm:
             return RMSNorm(self.norm_eps, self.dtype, self.param_dtype, name=name)
 
@@ -182,7 +195,7 @@ class LlamaBlock(nn.Module):
             param_dtype=self.param_dtype,
             name="attention",
         )
-        x = x + attention(norm("attention_norm")(x))
+        x = x + attention(norm("attention_norm")(x), decode=decode)
         mlp = self.mlp(
             self.mlp_dim,
             kernel_init=self.kernel_init,
@@ -211,7 +224,9 @@ class Llama(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False, decode: bool = False) -> jax.Array:
+        """x (B, T) tokens -> (B, T, V) logits; `decode`: continue the sequence whose keys and
+        values the "cache" collection holds (archbench.archs._transformer)."""
         h = nn.Embed(
             self.vocab_size,
             self.width,
@@ -233,7 +248,7 @@ class Llama(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=f"block_{i}",
-            )(h, train=train)  # (B, T, D)
+            )(h, train=train, decode=decode)  # (B, T, D)
         h = RMSNorm(self.norm_eps, self.dtype, self.param_dtype, name="norm_final")(h)
         return nn.Dense(
             self.vocab_size,

@@ -10,7 +10,9 @@ the benchmark re-lower it unrolled, as XLA's cost analysis counts a loop body on
 parallel with `jax.lax.associative_scan` (scan="assoc"), which materialises the (B, T, D_inner,
 N) decays and inputs: O(log T) depth for O(T N D_inner) memory. With `remat` (the default)
 the backward pass recomputes the states instead of keeping them for every step, as the
-released CUDA kernel does; the train step's FLOPs then include that recomputation.
+released CUDA kernel does; the train step's FLOPs then include that recomputation. With
+`decode=True` (generation) each mixer keeps its last d_conv - 1 inputs and its state h in
+the "cache" collection and continues the recurrence from them (`selective_scan_from`).
 """
 
 import math
@@ -102,6 +104,24 @@ def selective_scan(x, dt, a, b, c, *, method="scan", unroll=1, remat=True):
     raise ValueError(f"scan {method!r} not in {SCANS}")
 
 
+def selective_scan_from(h, x, dt, a, b, c):
+    """The recurrence of `selective_scan` continued from the state h (B, Di, N), for decoding.
+
+    One step at a time over the T new steps (T = 1 per decoded token), in float32.
+    Returns:
+      y (B, T, Di) without the D x skip, and the state after the last step (B, Di, N).
+    """
+
+    def step(h, inputs):
+        x_t, dt_t, b_t, c_t = inputs  # (B, Di), (B, Di), (B, N), (B, N)
+        h = jnp.exp(dt_t[..., None] * a) * h + (dt_t * x_t)[..., None] * b_t[:, None, :]
+        return h, jnp.sum(h * c_t[:, None, :], axis=-1)  # (B, Di, N), (B, Di)
+
+    x, dt, a, b, c = (v.astype(jnp.float32) for v in (x, dt, a, b, c))
+    h, ys = jax.lax.scan(step, h, tuple(jnp.swapaxes(v, 0, 1) for v in (x, dt, b, c)))
+    return jnp.swapaxes(ys, 0, 1), h
+
+
 def dt_bias_init(dt_min=1e-3, dt_max=0.1, floor=1e-4):
     """softplus(bias) = Δ drawn log-uniformly in [dt_min, dt_max] (the released dt_init)."""
 
@@ -139,7 +159,9 @@ class MambaMixer(nn.Module):
         return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
 
     @nn.compact
-    def __call__(self, u: jax.Array) -> jax.Array:
+    def __call__(self, u: jax.Array, *, decode: bool = False) -> jax.Array:
+        """`decode`: continue from the recurrent state in the "cache" collection, the last
+        d_conv - 1 inputs of the convolution and the scan's h, and leave the new one there."""
         width, length = u.shape[-1], u.shape[1]
         inner, n = self.expand * width, self.d_state
         rank = self.dt_rank or math.ceil(width / 16)
@@ -151,7 +173,14 @@ class MambaMixer(nn.Module):
         conv_init = lambda k, s, d: jax.random.uniform(k, s, d, -bound, bound)  # noqa: E731
         kernel = self.param("conv_kernel", conv_init, (self.d_conv, inner), self.param_dtype)
         bias = self.param("conv_bias", conv_init, (inner,), self.param_dtype)
-        padded = jnp.pad(x, ((0, 0), (self.d_conv - 1, 0), (0, 0)))
+        if decode:
+            window = self.variable(
+                "cache", "conv_state", jnp.zeros, (u.shape[0], self.d_conv - 1, inner), x.dtype
+            )
+            padded = jnp.concatenate([window.value, x], axis=1)  # (B, K - 1 + T, Di)
+            window.value = padded[:, length:]  # the last K - 1 inputs
+        else:
+            padded = jnp.pad(x, ((0, 0), (self.d_conv - 1, 0), (0, 0)))
         conv = bias.astype(self.dtype)
         for k in range(self.d_conv):
             conv = conv + padded[:, k : k + length] * kernel[k].astype(self.dtype)
@@ -164,7 +193,13 @@ class MambaMixer(nn.Module):
         a_log = self.param("A_log", a_log_init, (inner, n), self.param_dtype)
         d = self.param("D", nn.initializers.ones, (inner,), self.param_dtype)
         a = -jnp.exp(a_log.astype(jnp.float32))  # (Di, N)
-        y = selective_scan(x, dt, a, b, c, method=self.scan, unroll=self.unroll, remat=self.remat)
+        if decode:
+            state = self.variable("cache", "ssm_state", jnp.zeros, (u.shape[0], inner, n))
+            y, state.value = selective_scan_from(state.value, x, dt, a, b, c)
+        else:
+            y = selective_scan(
+                x, dt, a, b, c, method=self.scan, unroll=self.unroll, remat=self.remat
+            )
         y = (y + d.astype(jnp.float32) * x.astype(jnp.float32)).astype(self.dtype)
         return self.dense(width, "out_proj", kernel_init=self.out_init)(y * nn.silu(z))
 
@@ -187,7 +222,9 @@ class Mamba(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False, decode: bool = False) -> jax.Array:
+        """x (B, T) tokens -> (B, T, V) logits; `decode`: continue from each layer's recurrent
+        state in the "cache" collection (created by init(..., decode=True), then updated)."""
         if self.scan not in SCANS:
             raise ValueError(f"scan {self.scan!r} not in {SCANS}")
         embed = nn.Embed(
@@ -218,7 +255,7 @@ class Mamba(nn.Module):
                 param_dtype=self.param_dtype,
                 name=f"layer_{i}",
             )
-            h = h + mixer(norm(f"norm_{i}")(h))
+            h = h + mixer(norm(f"norm_{i}")(h), decode=decode)
         return embed.attend(norm("norm_f")(h))  # (B, T, V), the embedding as output projection
 
 

@@ -99,6 +99,8 @@ class Size:
     input: the example shape this size is built for.
     canonical: the published model this size reproduces (e.g. "ResNet-50"), or None.
     published_params: its published parameter count, where the source gives an exact one.
+    published_active_params: the published parameters used per token, where a sparse model's
+      source gives them (a Mixture of Experts runs k of its E experts per token).
     source: paper, table or tutorial the size comes from.
     """
 
@@ -106,6 +108,7 @@ class Size:
     input: InputSpec
     canonical: str | None = None
     published_params: int | None = None
+    published_active_params: int | None = None
     source: str = ""
 
 
@@ -186,11 +189,34 @@ def count_params(tree) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
 
 
-def param_count(name: str, size: str) -> int:
-    """Trainable parameters of (name, size), from shapes alone: nothing is allocated."""
+def _param_shapes(name: str, size: str):
+    """(module, its parameters' ShapeDtypeStructs): nothing is allocated."""
     spec = get(name)
     module = spec.build(size)
     shapes = jax.eval_shape(
         lambda k: init_variables(module, spec.size(size).input, k), jax.random.key(0)
     )
-    return count_params(shapes["params"])
+    return module, shapes["params"]
+
+
+def param_count(name: str, size: str) -> int:
+    """Trainable parameters of (name, size), from shapes alone: nothing is allocated."""
+    return count_params(_param_shapes(name, size)[1])
+
+
+def param_counts(name: str, size: str) -> tuple[int, int]:
+    """(parameters, active parameters) of (name, size) from one evaluation of the shapes.
+
+    Active parameters are those one token (or example) uses. A module with a method
+    `active_param_count(params) -> int` says how many (a Mixture of Experts: all but its idle
+    experts); for every other (dense) family they are all the parameters.
+    """
+    module, params = _param_shapes(name, size)
+    active = getattr(module, "active_param_count", None)
+    total = count_params(params)
+    return total, (active(params) if active is not None else total)
+
+
+def active_param_count(name: str, size: str) -> int:
+    """Parameters one token (or example) of (name, size) uses, from shapes alone."""
+    return param_counts(name, size)[1]

@@ -35,10 +35,14 @@ import jax
 
 from archbench import archs
 from archbench.archs import ArchSpec, UserError
+from archbench.engine import generate as _generate
 from archbench.engine import measure as _engine
 from archbench.engine.autobatch import find_max_batch
 
-__all__ = ["ArchSpec", "UserError", "__version__", "get", "list_archs", "measure", "param_count"]
+__all__ = [
+    *("ArchSpec", "UserError", "__version__", "active_param_count", "get", "list_archs"),
+    *("measure", "param_count"),
+]
 
 try:
     __version__ = metadata.version("archbench")
@@ -65,6 +69,12 @@ def param_count(name: str, size: str) -> int:
     return archs.param_count(name, size)
 
 
+def active_param_count(name: str, size: str) -> int:
+    """Parameters one token uses: fewer than `param_count` for a Mixture of Experts
+    (`active_param_count("moe", "8x7b")` is Mixtral's 12,879,925,248), the same for others."""
+    return archs.active_param_count(name, size)
+
+
 def measure(
     arch: str,
     size: str,
@@ -77,24 +87,31 @@ def measure(
     sharding: str = "dp",
     mesh: str | None = None,
     target_s: float = TARGET_S,
+    prompt_len: int | None = None,
+    gen_len: int | None = None,
 ) -> dict:
     """Measure one benchmark cell, as one cell of `archbench run` does.
 
     Args:
       arch, size: a registered architecture and one of its sizes.
-      mode: "train" (one optax AdamW step) or "infer" (a forward pass).
+      mode: "train" (one optax AdamW step), "infer" (a forward pass) or "generate" (a
+        language model prefills `prompt_len` tokens, then decodes `gen_len` tokens greedily
+        one at a time from its cache: archbench.engine.generate).
       batch: the global batch, split over `devices`; "auto" for the largest devices * 2**k
         that compiles and runs.
       dtype: the compute dtype, "float32" or "bfloat16" (parameters stay float32).
       devices: how many of the devices JAX sees (the first ones) the cell runs on.
       seq_len: a sequence length other than the model's own (sequence models only).
-      sharding: how the cell is split over them: "dp", "fsdp", "tp" or "fsdp+tp"
+      sharding: how the cell is split over them: "dp", "fsdp", "tp", "fsdp+tp" or "ep"
         (archbench.engine.sharding).
       mesh: named mesh axes such as "data=2,model=2"; None: the strategy's own.
       target_s: seconds of timed rounds.
+      prompt_len, gen_len: the prompt and the tokens to decode, for mode "generate" only.
     Returns:
       The record the matrix stores in a results file's `extra_info`: step time median and
-      IQR, samples/s, FLOPs, memory, compile time, MFU (archbench.engine.outcome.RESULT_KEYS).
+      IQR, samples/s, FLOPs, memory, compile time, MFU (archbench.engine.outcome.RESULT_KEYS);
+      for generate also time to first token (prefill_s), per-token latency (decode_token_s,
+      decode_token_iqr_s), decode_tokens_per_s, cache_bytes and the achieved bandwidth.
       A model that fails to build, compile or run gives status "oom" or "error" with a
       one-line "error" instead of raising.
     Raises:
@@ -102,7 +119,11 @@ def measure(
     """
     auto = batch == "auto"
     cell = _engine.Cell(arch, size, mode, 1 if auto else batch, dtype, devices, seq_len)
-    cell = dataclasses.replace(cell, sharding=sharding, mesh=mesh)
+    cell = dataclasses.replace(
+        cell, sharding=sharding, mesh=mesh, prompt_len=prompt_len, gen_len=gen_len
+    )
+    if auto and mode == "generate":
+        raise UserError("batch 'auto' is for train and infer; give generate a batch size")
     if auto:
         cell = dataclasses.replace(cell, batch=_engine.batch_shards(cell))
     _engine.validate(cell)
@@ -110,7 +131,10 @@ def measure(
     with jax.default_prng_impl(os.environ.get("JAX_DEFAULT_PRNG_IMPL", "rbg")):
         if auto:
             cell = dataclasses.replace(cell, batch=find_max_batch(cell))
-        record = _engine.measure_cell(cell, target_s=target_s)
+        if mode == "generate":
+            record = _generate.measure_generate(cell, target_s=target_s)
+        else:
+            record = _engine.measure_cell(cell, target_s=target_s)
     if auto:
         record["batch_request"] = "auto"
     return record

@@ -5,6 +5,11 @@ import pytest
 # Tests run on the CPU unless told otherwise, with the project's PRNG (see archbench/cli/main.py).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
+# `make test` runs the suite on pytest-xdist workers, one per core. pytest-benchmark turns its
+# timers off in any process that has PYTEST_XDIST_WORKER set, which would include the matrix
+# sessions these tests start (`archbench run`, in-process or in a subprocess): they are whole
+# sessions of their own, never split, and must time their cells.
+os.environ.pop("PYTEST_XDIST_WORKER", None)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ def test_registry_has_every_required_family():
         "MLP", "CNN", "LeNet-5", "ResNet", "Inception", "RNN", "LSTM", "GRU",
         "Transformer encoder", "Transformer decoder", "Transformer encoder-decoder",
         "Vision Transformer", "MLP-Mixer", "Llama decoder", "Mamba (selective SSM)",
+        "Mixture of Experts",
     }  # fmt: skip
     assert required <= families, f"missing: {required - families}"
 
@@ -77,7 +78,11 @@ def test_same_seed_same_parameters(name):
 
 @pytest.mark.parametrize(("name", "size"), PUBLISHED, ids=[f"{n}-{s}" for n, s in PUBLISHED])
 def test_published_parameter_counts(name, size):
-    assert archs.param_count(name, size) == archs.get(name).size(size).published_params
+    published = archs.get(name).size(size)
+    params, active = archs.param_counts(name, size)
+    assert params == published.published_params
+    # a sparse model's parameters per token (Mixtral: 2 of 8 experts); a dense one uses all
+    assert active == (published.published_active_params or params)
 
 
 def test_every_family_has_a_canonical_size():

@@ -324,6 +324,22 @@ def test_cli_user_errors_are_one_line(cli_recipes, tmp_path, capsys):
     assert "at least 1" in _one_line_error(["train", "toy-mlp", "--epochs", "0"], capsys)
 
 
+def test_cli_seed_reaches_the_run(cli_recipes, tmp_path, capsys):
+    """--seed replaces the recipe's: another seed is another run (its config says so, and
+    resuming it from a run of the recipe's own seed is refused)."""
+    base = ["train", "toy-mlp", "--no-progress", "--epochs", "1"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--seed", "7"]) == 0
+    capsys.readouterr()
+    seeds = []
+    for d in "ab":
+        with Checkpoints(tmp_path / d / "checkpoints") as ckpt:
+            seeds.append(ckpt.meta(ckpt.latest_epoch())["config"]["seed"])
+    assert seeds == [recipes.get("toy-mlp").seed, 7]
+    argv = [*base, "--out", str(tmp_path / "a"), "--resume", "--seed", "7"]
+    assert "seed" in _one_line_error(argv, capsys)
+
+
 def test_cli_list(capsys):
     assert main(["train", "--list"]) == 0
     out = capsys.readouterr().out

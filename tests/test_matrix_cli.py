@@ -47,7 +47,8 @@ def first_run(tmp_path_factory):
 
 def test_default_selection_is_the_main_job():
     requests = cells.select()
-    assert {(r.arch, r.size, r.mode) for r in requests} == {
+    measured = [r for r in requests if r.mode != "generate"]  # tests/test_generate.py: the rest
+    assert {(r.arch, r.size, r.mode) for r in measured} == {
         (a, "small", m) for a in archs.names() for m in ("train", "infer")
     }
     assert {(r.batch, r.dtype, r.devices, r.seq_len) for r in requests} == {

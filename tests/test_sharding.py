@@ -69,11 +69,13 @@ SCRIPT = textwrap.dedent(
 )
 
 CASES = {
-    "mlp": [["dp", None], ["fsdp", None], ["tp", None]],
+    "mlp": [["dp", None], ["fsdp", None], ["tp", None], ["ep", None]],
     # GPT tiny has 2 heads: tensor parallel over model=2, data parallel over the other 2
     "gpt": [["dp", None], ["fsdp", None], ["tp", "data=2,model=2"], ["fsdp+tp", "data=2,model=2"]],
     # Llama tiny: grouped-query attention (4 query heads, 2 key/value heads) and SwiGLU
     "llama": [["fsdp", None], ["tp", "data=2,model=2"]],
+    # Mixture of Experts tiny: 4 experts, one per device under expert parallelism
+    "moe": [["ep", None]],
 }
 
 
@@ -102,6 +104,7 @@ def four_devices():
         "gpt-tiny-train-b8-float32-d4-sfsdp+tp-mdata2model2",
         "llama-tiny-train-b8-float32-d4-sfsdp",
         "llama-tiny-train-b8-float32-d4-stp-mdata2model2",
+        "moe-tiny-train-b8-float32-d4-sep",
     ],
 )
 def test_sharded_step_matches_one_device(four_devices, cell_id):
@@ -118,6 +121,8 @@ def test_sharded_step_matches_one_device(four_devices, cell_id):
         assert "all-gather" in r["collectives"]
     if "tp" in cell_id:
         assert any("model" in s for s in r["specs"])
+    if "-sep" in cell_id:  # the experts' (E, ...) weights split, one expert per device
+        assert "P('data', None, None)" in r["specs"]
 
 
 def test_fsdp_splits_the_state_a_quarter_per_device(four_devices):
@@ -128,6 +133,7 @@ def test_fsdp_splits_the_state_a_quarter_per_device(four_devices):
 
 def test_a_family_without_tensor_parallel_rules_is_unsupported(four_devices):
     assert four_devices["mlp-tiny-train-b8-float32-d4-stp"] == {"status": "unsupported"}
+    assert four_devices["mlp-tiny-train-b8-float32-d4-sep"] == {"status": "unsupported"}
 
 
 def test_rules_place_attention_heads_and_mlp_hidden_units():
@@ -141,6 +147,14 @@ def test_rules_place_attention_heads_and_mlp_hidden_units():
         None,
     )
     assert sharding.tp_spec("/params/Dense_0/kernel", (784, 512)) is None
+    # ep: a Mixture of Experts' stacked experts along E; its router and a dense MLP stay whole
+    assert sharding.ep_spec("/opt_state/0/nu/block_1/mlp/experts/w2", (8, 64, 32)) == (
+        "data",
+        None,
+        None,
+    )
+    assert sharding.ep_spec("/params/block_0/mlp/router/kernel", (32, 8)) is None
+    assert sharding.ep_spec("/params/block_0/mlp/w1/kernel", (32, 96)) is None
     # fsdp: the largest dimension the data axis divides; an indivisible array stays whole
     assert sharding.fsdp_spec((784, 512), 4, (None, None)) == ("data", None)
     assert sharding.fsdp_spec((10,), 4, (None,)) == (None,)
@@ -155,6 +169,7 @@ def test_rules_place_attention_heads_and_mlp_hidden_units():
         ("tp", 4, "data=4", "no 'model' axis"),
         ("dp", 4, "data=2,pipe=2", "AXIS=SIZE"),
         ("fsdp+tp", 4, None, "needs --mesh"),
+        ("ep", 4, "model=4", "no 'data' axis"),
     ],
 )
 def test_bad_strategies_and_meshes_are_one_line_errors(strategy, devices, mesh, words):

@@ -4,8 +4,10 @@ A checkpoint is one orbax step per saved epoch, holding two items:
   state  the TrainState's arrays: step, params, opt_state, batch_stats and the dropout key
          (a typed PRNG key, stored as its raw `jax.random.key_data` and re-wrapped on restore);
   meta   JSON: epoch, recipe name, the run's config, elapsed wall time, the epoch's metrics.
-Saving is synchronous: the fit loop donates the state to the next train step, so orbax must
-have finished reading its buffers before `save` returns.
+Arrays split over several devices are saved as they are split (each device writes its
+shards) and restored onto the shardings of the state given to `restore`. Saving is
+synchronous: the fit loop donates the state to the next train step, so orbax must have
+finished reading its buffers before `save` returns.
 """
 
 from __future__ import annotations
@@ -76,7 +78,10 @@ class Checkpoints:
         self._manager.wait_until_finished()
 
     def restore(self, epoch: int, like: TrainState) -> TrainState:
-        """The state saved at `epoch`, shaped and typed as `like` (a freshly created state)."""
+        """The state saved at `epoch`, shaped, typed and placed as `like` (a freshly created
+        state): orbax reads each array's shards onto `like`'s shardings, whatever devices and
+        shardings saved it (a run saved on 2 devices restores onto 1 or 4)."""
+        # ShapeDtypeStructs carrying like's shardings: the target StandardRestore places by.
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_tree(like))
         restored = self._manager.restore(
             epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))

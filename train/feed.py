@@ -2,6 +2,11 @@
 
 A split small enough is put on the device once and each epoch's batches are gathered there;
 a larger one streams from the host through a background thread (`Prefetcher`).
+
+On several devices every batch is placed with a batch sharding (a `jax.sharding.NamedSharding`
+splitting its leading axis over the mesh, `engine.sharding.Layout.batch`): a split kept on the
+devices is held whole on each of them and every device gathers only its rows of each batch.
+`sharding=None` is one device, the default one.
 """
 
 from __future__ import annotations
@@ -9,10 +14,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 
 class Prefetcher:
@@ -24,7 +31,8 @@ class Prefetcher:
 
     _END = object()
 
-    def __init__(self, iterator: Iterator[dict], depth: int = 2):
+    def __init__(self, iterator: Iterator[dict], depth: int = 2, sharding=None):
+        self._sharding = sharding
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._ended = False
@@ -43,7 +51,7 @@ class Prefetcher:
     def _fill(self, iterator: Iterator[dict]) -> None:
         try:
             for batch in iterator:
-                if not self._put(jax.device_put(batch)):
+                if not self._put(place(batch, self._sharding)):
                     return
             self._put(self._END)
         except BaseException as e:  # raised again in the consumer's thread
@@ -75,18 +83,53 @@ DEVICE_SPLIT_MAX_BYTES = 1 << 30
 CHUNK_STEPS = 64
 
 
-@jax.jit
-def _gather(x: jax.Array, y: jax.Array, index: jax.Array) -> tuple[dict, ...]:
+def batch_shards(sharding: NamedSharding | None) -> int:
+    """How many pieces `sharding` splits a batch's leading axis into (1 for None)."""
+    if sharding is None:
+        return 1
+    n = len(sharding.device_set)
+    return n // sharding.shard_shape((n,))[0]
+
+
+def replicated(sharding: NamedSharding) -> NamedSharding:
+    """Every array whole on each device of `sharding`'s mesh."""
+    return NamedSharding(sharding.mesh, P())
+
+
+def place(batch: dict, sharding: NamedSharding | None) -> dict:
+    """`batch` (host arrays) on the devices: split by `sharding`, or whole on each of its
+    devices when its shards do not divide the batch (an evaluation's last batch); None: the
+    default device."""
+    if sharding is not None and len(batch["y"]) % batch_shards(sharding):
+        sharding = replicated(sharding)
+    return jax.device_put(batch, sharding)
+
+
+def _gather_batches(x: jax.Array, y: jax.Array, index: jax.Array) -> tuple[dict, ...]:
     """K batches {"x": (B, ...), "y": (B, ...)} for index (K, B), as K separate arrays each:
     taking a batch is then a tuple lookup, not an indexing op dispatched per step."""
     return tuple({"x": x[i], "y": y[i]} for i in index)
 
 
-def on_device(split):
-    """The split's arrays on the device, or None if it is too large (or not plain arrays)."""
+_gather = jax.jit(_gather_batches)
+_SHARDED_GATHERS: dict[NamedSharding, Callable] = {}
+
+
+def _gatherer(sharding: NamedSharding | None) -> Callable:
+    """The jitted gather whose batches come out with `sharding` (None: the default device)."""
+    if sharding is None:
+        return _gather
+    if sharding not in _SHARDED_GATHERS:
+        _SHARDED_GATHERS[sharding] = jax.jit(_gather_batches, out_shardings=sharding)
+    return _SHARDED_GATHERS[sharding]
+
+
+def on_device(split, sharding: NamedSharding | None = None):
+    """The split's arrays on the device (whole on each device of `sharding`'s mesh), or None
+    if it is too large (or not plain arrays)."""
     if not isinstance(split.x, np.ndarray) or split.x.nbytes > DEVICE_SPLIT_MAX_BYTES:
         return None
-    return jax.device_put((split.x, split.y))
+    return jax.device_put((split.x, split.y), None if sharding is None else replicated(sharding))
 
 
 class EpochFeed:
@@ -103,9 +146,13 @@ class EpochFeed:
       split: the split (host arrays).
       device_split: `on_device(split)`, or None to stream host batches through a Prefetcher.
       batch_size, seed, epoch: as `data.batches` (which drops the remainder).
+      sharding: the batches' sharding (`device_split` must then be `on_device(split, sharding)`),
+        or None for the default device.
     """
 
-    def __init__(self, split, device_split, batch_size: int, *, seed: int, epoch: int):
+    def __init__(
+        self, split, device_split, batch_size: int, *, seed: int, epoch: int, sharding=None
+    ):
         from archbench.train import data  # late: `archbench train --list` does not need TFDS
 
         start = time.perf_counter()
@@ -114,17 +161,19 @@ class EpochFeed:
         self._next = 0  # the position in it of the next batch
         self._chunks: list[np.ndarray] = []  # index (K, B) of the chunks not yet gathered
         if device_split is None:
-            self._prefetcher = Prefetcher(data.batches(split, batch_size, seed=seed, epoch=epoch))
+            batches = data.batches(split, batch_size, seed=seed, epoch=epoch)
+            self._prefetcher = Prefetcher(batches, sharding=sharding)
         else:
             steps = data.steps_per_epoch(len(split.y), batch_size)
             order = data.permutation(len(split.y), seed=seed, epoch=epoch)
             index = order[: steps * batch_size].reshape(steps, batch_size)
             self._device_split = device_split
+            self._gather = _gatherer(sharding)
             self._chunks = [
                 index[s : s + CHUNK_STEPS] for s in range(CHUNK_STEPS, steps, CHUNK_STEPS)
             ]
             self._chunks.reverse()  # popped from the end
-            self._held = _gather(*device_split, index[:CHUNK_STEPS])  # dispatched
+            self._held = self._gather(*device_split, index[:CHUNK_STEPS])  # dispatched
         self.prep_s = time.perf_counter() - start
 
     def __iter__(self) -> EpochFeed:
@@ -138,7 +187,7 @@ class EpochFeed:
         if self._next == len(self._held):
             if not self._chunks:
                 raise StopIteration  # the chunk stays held until close()
-            self._held, self._next = _gather(*self._device_split, self._chunks.pop()), 0
+            self._held, self._next = self._gather(*self._device_split, self._chunks.pop()), 0
         batch = self._held[self._next]
         self._next += 1
         return batch
@@ -149,8 +198,8 @@ class EpochFeed:
         self._held, self._chunks = (), []
 
 
-def warm_up_gathers(device_split, steps: int, batch_size: int) -> None:
+def warm_up_gathers(device_split, steps: int, batch_size: int, sharding=None) -> None:
     """Compile the gathers of the two chunk shapes one epoch of `steps` steps uses."""
     index = np.zeros((steps, batch_size), np.int32)
     for k in {min(steps, CHUNK_STEPS), steps % CHUNK_STEPS} - {0}:
-        jax.block_until_ready(_gather(*device_split, index[:k]))
+        jax.block_until_ready(_gatherer(sharding)(*device_split, index[:k]))

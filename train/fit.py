@@ -11,6 +11,15 @@ the epoch's first step does not wait for it. out_dir holds:
                   and split ("kind": "epoch", split "train" or "test")
   checkpoints/    orbax checkpoints, one per saved epoch
   final.json      the final metrics, once the last epoch is done
+
+On several devices `fit(..., placement=...)` takes a placement from the caller (the CLI
+builds an `engine.sharding.Layout`; train does not import engine): an object whose
+`.state(abstract_state)` gives a sharding for every array of the train state and whose
+`.batch` is the batch's `NamedSharding`. The state is created already split
+(`jax.jit(init, out_shardings=...)`), every train and test batch is placed with the batch
+sharding, and the global batch stays the recipe's, so the curve is one device's up to float
+reassociation. Checkpoints hold the arrays as they are split; a resumed run restores them
+onto its own placement, whatever the device count of the run that saved them.
 """
 
 from __future__ import annotations
@@ -29,10 +38,10 @@ import numpy as np
 from archbench import archs
 from archbench.archs.registry import InputSpec, UserError
 from archbench.train.checkpoint import Checkpoints
-from archbench.train.feed import EpochFeed, on_device, warm_up_gathers
+from archbench.train.feed import EpochFeed, batch_shards, on_device, place, warm_up_gathers
 from archbench.train.loop import MetricsLog, Run, bpc, data_module, epoch_line, start_evaluation
 from archbench.train.recipes import Recipe
-from archbench.train.steps import TrainState, create_train_state, jit_train_step
+from archbench.train.steps import TrainState, create_train_state, jit_train_step, train_step
 
 # ---- inputs ------------------------------------------------------------------------------------
 
@@ -73,32 +82,67 @@ def build_module(recipe: Recipe):
     return spec.build(recipe.size, **recipe.overrides)
 
 
-_INIT_CACHE: dict[str, tuple] = {}
+def _copy_tree(tree):
+    return jax.tree.map(jnp.copy, tree)
 
 
-def initial_state(recipe: Recipe, x: np.ndarray, total_steps: int):
+_copy = jax.jit(_copy_tree)
+
+
+_INIT_CACHE: dict[tuple, tuple] = {}
+
+
+def initial_state(recipe: Recipe, x: np.ndarray, total_steps: int, placement=None):
     """A fresh train state for inputs shaped like x[0], and the learning-rate schedule.
 
-    The optimizer and the jitted initializer are cached per configuration: the train state
-    holds the optimizer, so reusing it lets repeated fits in one process (a resume, the tests)
-    reuse the compiled train and eval steps.
+    With a `placement` (see the module's docstring; hashable) every array is created with its
+    sharding, so no device ever holds more than its share.
+    """
+    state, schedule, _ = _start(recipe, x, total_steps, placement)
+    return state, schedule
+
+
+def _start(recipe: Recipe, x: np.ndarray, total_steps: int, placement):
+    """`initial_state`'s state and schedule, and the step functions for that state:
+    {"step": the jitted train step, "copy": a jitted copy of the state}.
+
+    Everything is cached per configuration and placement: the train state holds the optimizer,
+    so reusing it lets repeated fits in one process (a resume, the tests) reuse the compiled
+    train and eval steps. With a placement, the train step and the copy give their state the
+    placement's shardings: left to itself, XLA may hand back an equal sharding written
+    differently (P("data") for P("data", None)), and the next step would compile again.
     """
     config = recipe.config()
     del config["recipe"], config["epochs"], config["batch"], config["metric"]
-    key = json.dumps([config, total_steps, x.shape[1:], str(x.dtype)], default=str)
+    key = (json.dumps([config, total_steps, x.shape[1:], str(x.dtype)], default=str), placement)
     if key not in _INIT_CACHE:
         schedule = recipe.schedule(total_steps)
         module, spec = build_module(recipe), input_spec_for(recipe, x)
         tx = recipe.optimizer(schedule)
+
+        def create(key):
+            return create_train_state(module, spec, tx, key)
+
         # Jitted: one compilation instead of one per initializer op.
-        init = jax.jit(lambda key: create_train_state(module, spec, tx, key))
-        _INIT_CACHE[key] = (init, schedule)
-    init, schedule = _INIT_CACHE[key]
-    return init(jax.random.key(recipe.seed)), schedule
+        if placement is None:
+            init, steps = jax.jit(create), {"step": jit_train_step, "copy": _copy}
+        else:
+            shardings = placement.state(jax.eval_shape(create, jax.random.key(0)))
+            init = jax.jit(create, out_shardings=shardings)
+            steps = {
+                "step": jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, None)),
+                "copy": jax.jit(_copy_tree, out_shardings=shardings),
+            }
+        _INIT_CACHE[key] = (init, schedule, steps)
+    init, schedule, steps = _INIT_CACHE[key]
+    return init(jax.random.key(recipe.seed)), schedule, steps
 
 
-def load_state(recipe: Recipe, out_dir: str | Path, *, data_dir: str | None = None) -> TrainState:
-    """The train state of the latest checkpoint in out_dir (e.g. to evaluate a trained model)."""
+def load_state(
+    recipe: Recipe, out_dir: str | Path, *, data_dir: str | None = None, placement=None
+) -> TrainState:
+    """The train state of the latest checkpoint in out_dir (e.g. to evaluate a trained model),
+    its arrays placed by `placement` (None: the default device), whatever placement saved it."""
     with Checkpoints(Path(out_dir) / "checkpoints") as ckpt:
         latest = ckpt.latest_epoch()
         if latest is None:
@@ -106,24 +150,21 @@ def load_state(recipe: Recipe, out_dir: str | Path, *, data_dir: str | None = No
         meta = ckpt.meta(latest)
         train, _ = load_splits(recipe, data_dir)
         steps = meta["config"]["epochs"] * (len(train.y) // recipe.batch)
-        like, _ = initial_state(recipe, train.x, steps)
+        like, _ = initial_state(recipe, train.x, steps, placement)
         return ckpt.restore(latest, like)
 
 
-@jax.jit
-def _copy(tree):
-    return jax.tree.map(jnp.copy, tree)
-
-
-def _warm_up(state: TrainState, train, device_train, batch_size: int, steps: int) -> float:
+def _warm_up(
+    state: TrainState, train, device_train, batch_size: int, steps: int, sharding, fns: dict
+) -> float:
     """Compile the train step and the batch gathers before the clocks start (the step on a
     copy of the state: it donates its input)."""
     start = time.perf_counter()
-    batch = jax.device_put(next(data_module().batches(train, batch_size, seed=0, epoch=0)))
+    batch = place(next(data_module().batches(train, batch_size, seed=0, epoch=0)), sharding)
     if device_train is not None:
-        warm_up_gathers(device_train, steps, batch_size)
-    copy = _copy(state)
-    jax.block_until_ready(jit_train_step(copy, batch))
+        warm_up_gathers(device_train, steps, batch_size, sharding)
+    copy = fns["copy"](state)
+    jax.block_until_ready(fns["step"](copy, batch))
     return time.perf_counter() - start
 
 
@@ -151,6 +192,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     data_dir: str | None = None,
+    placement=None,
 ) -> dict[str, Any]:
     """Train `recipe` and return its final metrics.
 
@@ -162,6 +204,9 @@ def fit(
         an unbroken run. Without it, a directory that holds checkpoints is refused.
       progress: a line per epoch on stderr, and a tqdm progress bar when stderr is a terminal.
       data_dir: passed to the data loader.
+      placement: where the state and batches live on several devices (the module's
+        docstring; e.g. `engine.sharding.layout("fsdp", jax.devices()[:2])`); None is one
+        device. A resumed run may use another placement than the run it continues.
     Returns:
       {"recipe", "metric", "value", "epoch", "step", "test_loss", "test_accuracy",
        "train_loss", "train_accuracy", "wall_s", "data_wait_frac", "out_dir"}.
@@ -172,6 +217,13 @@ def fit(
         raise UserError(f"epochs must be at least 1, not {epochs}")
     out_dir = Path(out_dir)
     build_module(recipe)  # fails fast on a missing architecture size, before any file exists
+    sharding = None if placement is None else placement.batch
+    shards = batch_shards(sharding)
+    if recipe.batch % shards:
+        raise UserError(
+            f"{recipe.name}: batch {recipe.batch} is not divisible by the {shards} batch shards "
+            f"of {len(sharding.device_set)} devices; use a device count that divides it"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     with Checkpoints(out_dir / "checkpoints") as ckpt:
         latest = ckpt.latest_epoch()
@@ -193,7 +245,7 @@ def fit(
             raise UserError(
                 f"{recipe.name}: {len(train.y)} training examples < batch {recipe.batch}"
             )
-        state, schedule = initial_state(recipe, train.x, total_epochs * steps_per_epoch)
+        state, schedule, fns = _start(recipe, train.x, total_epochs * steps_per_epoch, placement)
         if meta is not None:
             state = ckpt.restore(latest, state)
         done = meta["epoch"] if meta is not None else 0
@@ -203,22 +255,27 @@ def fit(
         log = MetricsLog(out_dir / "metrics.jsonl", int(state.step) if meta else None)
         run = Run(
             recipe, config, out_dir, schedule, log, ckpt,
-            meta["wall_s"] if meta else 0.0, progress,
+            meta["wall_s"] if meta else 0.0, progress, step=fns["step"],
         )  # fmt: skip
-        device_train = on_device(train)
+        device_train = on_device(train, sharding)
 
         def feed(epoch: int) -> EpochFeed:
-            return EpochFeed(train, device_train, recipe.batch, seed=recipe.seed, epoch=epoch)
+            return EpochFeed(
+                train, device_train, recipe.batch, seed=recipe.seed, epoch=epoch, sharding=sharding
+            )
 
         batches = None
         try:
-            compile_s = _warm_up(state, train, device_train, recipe.batch, steps_per_epoch)
+            compile_s = _warm_up(
+                state, train, device_train, recipe.batch, steps_per_epoch, sharding, fns
+            )
             batches = feed(done + 1)
             for epoch in range(done + 1, total_epochs + 1):
                 state, train_rec = run.train_epoch(state, batches, epoch, steps_per_epoch)
                 if epoch == done + 1:
                     train_rec["compile_s"] = compile_s
-                evaluation = start_evaluation(state, test, recipe.eval_batch)
+                train_rec["devices"] = 1 if sharding is None else len(sharding.device_set)
+                evaluation = start_evaluation(state, test, recipe.eval_batch, sharding)
                 # The next epoch's data work, on the host while the device evaluates.
                 batches = feed(epoch + 1) if epoch < total_epochs else None
                 test_rec = run.test_record(evaluation, int(state.step), epoch)

@@ -1,6 +1,7 @@
 """One epoch of a fit: the timed train steps, the evaluation, and their metric records.
 
-`Run.train_epoch` dispatches `train.steps.jit_train_step` over one epoch's batches
+`Run.train_epoch` dispatches `train.steps.jit_train_step` (on several devices, the same
+`train_step` jitted to keep the state's shardings) over one epoch's batches
 (a `train.feed.EpochFeed`) and times how long the loop waits for each of them;
 `start_evaluation` dispatches the eval steps over the test split and `Run.test_record` collects
 them. Both check for NaN or infinite values and return the epoch's JSONL record.
@@ -23,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from archbench.archs.registry import UserError
-from archbench.train.feed import EpochFeed
+from archbench.train.feed import EpochFeed, place
 from archbench.train.recipes import Recipe
 from archbench.train.steps import TrainState, jit_eval_step, jit_train_step
 
@@ -80,13 +81,16 @@ def bpc(loss: float) -> float:
 # ---- evaluation --------------------------------------------------------------------------------
 
 
-def start_evaluation(state: TrainState, split, batch_size: int) -> dict:
+def start_evaluation(state: TrainState, split, batch_size: int, sharding=None) -> dict:
     """Dispatch the eval steps over the whole split (remainder batch included); the host is
-    free until `finish_evaluation` waits for their results."""
+    free until `finish_evaluation` waits for their results. With a batch `sharding` (several
+    devices), each batch is placed with it (`train.feed.place`)."""
     start = time.perf_counter()
     batches = data_module().batches(
         split, batch_size, seed=0, epoch=0, shuffle=False, drop_remainder=False
     )
+    if sharding is not None:
+        batches = (place(batch, sharding) for batch in batches)
     pending = [(len(batch["y"]), jit_eval_step(state, batch)) for batch in batches]
     return {"pending": pending, "start": start}
 
@@ -104,9 +108,9 @@ def finish_evaluation(started: dict) -> dict[str, float]:
     return {**{k: v / n for k, v in totals.items()}, "examples": n, "seconds": seconds}
 
 
-def evaluate(state: TrainState, split, batch_size: int) -> dict[str, float]:
+def evaluate(state: TrainState, split, batch_size: int, sharding=None) -> dict[str, float]:
     """Loss and accuracy over the whole split (remainder batch included), weighted by size."""
-    return finish_evaluation(start_evaluation(state, split, batch_size))
+    return finish_evaluation(start_evaluation(state, split, batch_size, sharding))
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -121,8 +125,12 @@ def _all_finite(tree) -> jax.Array:
 class Run:
     """One invocation of `train.fit.fit`: its recipe, files and clocks, and its epochs."""
 
-    def __init__(self, recipe, config, out_dir, schedule, log, ckpt, wall_offset, progress):
+    def __init__(
+        self, recipe, config, out_dir, schedule, log, ckpt, wall_offset, progress,
+        step=jit_train_step,
+    ):  # fmt: skip
         self.recipe = recipe
+        self.step = step  # the jitted train_step (with the state's shardings on several devices)
         self.config = config
         self.out_dir = out_dir
         self.schedule = schedule
@@ -197,7 +205,7 @@ class Run:
         batch = next(batches, None)
         window_time["wait"] = window_time["stall"] = time.perf_counter() - t
         while batch is not None:
-            state, metrics = jit_train_step(state, batch)  # dispatched, runs asynchronously
+            state, metrics = self.step(state, batch)  # dispatched, runs asynchronously
             step += 1
             window.append((step, metrics))
             t = time.perf_counter()

@@ -74,26 +74,35 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
       state: the train state (donated by the jitted callers).
       batch: {"x": inputs, "y": labels}.
     Returns:
-      The new state and metrics {"loss", "accuracy", "grad_norm"} of this batch.
+      The new state and metrics {"loss", "accuracy", "grad_norm"} of this batch, and
+      "aux_loss" for a model that sows auxiliary losses.
+
+    A model may sow auxiliary losses into the "losses" collection (`self.sow("losses", ...)`,
+    e.g. a Mixture of Experts' load-balancing loss): their sum is added to the cross-entropy,
+    and "loss" is that total, the loss differentiated. Eval and predict ignore them.
     """
     dropout_key = jax.random.fold_in(state.dropout_key, state.step)
-    mutable = ["batch_stats"] if state.batch_stats else False
+    mutable = ["batch_stats", "losses"] if state.batch_stats else ["losses"]
 
     def loss_fn(params):
-        out = state.apply_fn(
+        logits, updates = state.apply_fn(
             _variables(state, params),
             batch["x"],
             train=True,
             mutable=mutable,
             rngs={"dropout": dropout_key},
         )
-        logits, updates = out if mutable else (out, {})
         loss, metrics = loss_and_metrics(logits, batch["y"])
+        sown = jax.tree.leaves(updates.get("losses", {}))
+        if sown:  # known at trace time: models without auxiliary losses are unchanged
+            aux = sum(jnp.sum(a.astype(jnp.float32)) for a in sown)
+            loss = loss + aux
+            metrics = {**metrics, "loss": loss, "aux_loss": aux}
         return loss, (metrics, updates)
 
     grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads)
-    if mutable:
+    if state.batch_stats:
         state = state.replace(batch_stats=updates["batch_stats"])
     return state, {**metrics, "grad_norm": optax.tree.norm(grads)}
 

@@ -1,4 +1,4 @@
-"""`archbench list`: every architecture and size with its parameter count."""
+"""`archbench list`: every architecture and size with its parameter counts."""
 
 from __future__ import annotations
 
@@ -13,18 +13,22 @@ HELP = "architectures, sizes and parameter counts"
 
 
 def list_rows(pattern: str = "*") -> list[dict]:
-    """One row per (architecture, size) with its parameter count, counted from shapes alone."""
+    """One row per (architecture, size) with its parameter count, counted from shapes alone,
+    and its active parameters (those one token uses: fewer for a Mixture of Experts)."""
     rows = []
     for name, size in archs.cells(pattern):
         spec = archs.get(name)
         s = spec.size(size)
+        params, active_params = archs.param_counts(name, size)
         rows.append(
             {
                 "arch": name,
                 "family": spec.family,
                 "size": size,
-                "params": archs.param_count(name, size),
+                "params": params,
+                "active_params": active_params,
                 "published_params": s.published_params,
+                "published_active_params": s.published_active_params,
                 "input": s.input.describe(),
                 "task": spec.task,
                 "outputs": spec.num_outputs(size),
@@ -50,6 +54,9 @@ def run(args) -> int:
         print(json.dumps(rows, indent=1))
     else:
         print(
-            format_table(rows, ["arch", "family", "size", "params", "input", "task", "canonical"])
+            format_table(
+                rows,
+                ["arch", "family", "size", "params", "active_params", "input", "task", "canonical"],
+            )
         )
     return 0

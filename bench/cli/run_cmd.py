@@ -26,21 +26,37 @@ from archbench.matrix import results, session
 HELP = "run the benchmark matrix"
 RESULTS_DIR = Path("results")
 FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
+FILTERS += ("prompt_len", "gen_len")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     f = p.add_argument_group("filters (comma lists; default: the main job)")
     f.add_argument("--arch", help="architectures, wildcards allowed (default: all)")
     f.add_argument("--size", help="sizes (default: small)")
-    f.add_argument("--mode", help="train, infer (default: both)")
+    f.add_argument(
+        "--mode",
+        help="train, infer, generate (default: all three; generate for the language models "
+        "that decode)",
+    )
     f.add_argument("--batch", help="batch sizes, or 'auto' for the largest that fits (default: 32)")
     f.add_argument("--dtype", help="compute dtypes, e.g. float32,bfloat16 (default: float32)")
     f.add_argument("--devices", help="device counts (default: 1)")
     f.add_argument("--seq-len", dest="seq_len", help="sequence lengths (default: the model's)")
     f.add_argument(
+        "--prompt-len",
+        dest="prompt_len",
+        help="generate: prompt lengths, prefilled at once (default: 64, where it fits)",
+    )
+    f.add_argument(
+        "--gen-len",
+        dest="gen_len",
+        help="generate: tokens decoded greedily one at a time after the prompt (default: 32)",
+    )
+    f.add_argument(
         "--sharding",
         help="strategies: dp (batch split, state replicated), fsdp (state split too), tp "
-        "(Transformer heads and MLP split over 'model'), fsdp+tp (default: dp)",
+        "(Transformer heads and MLP split over 'model'), fsdp+tp, ep (Mixture-of-Experts "
+        "experts split over 'data') (default: dp)",
     )
     f.add_argument(
         "--mesh",
@@ -67,6 +83,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--device-memory",
         help="memory of one device, e.g. 80GiB, or h100, h200, v5e...: marks each compiled "
         "cell fits or not; with --batch auto, the largest batch that fits",
+    )
+    p.add_argument(
+        "--target-topology",
+        metavar="TOPOLOGY",
+        help="compile each cell for a TPU slice this host need not have, e.g. v5e:2x2, "
+        "v5p:2x2x2 (implies --compile-only; --devices defaults to the slice's; "
+        "--device-memory to its chips'); needs pip install 'archbench[tpu]'",
     )
     p.add_argument(
         "--target-s",
@@ -120,8 +143,11 @@ def resolve_out(out: str | None, resume: bool, info: dict) -> Path:
     return RESULTS_DIR / f"{slug}-{datetime.now():%Y%m%d-%H%M%S}.json"
 
 
-def check_out(path: Path, resume: bool, overwrite: bool, info: dict) -> dict | None:
-    """The results already in `path`, after checking that this run may write it."""
+def check_out(
+    path: Path, resume: bool, overwrite: bool, info: dict, target: str | None = None
+) -> dict | None:
+    """The results already in `path`, after checking that this run may write it; `target`
+    is the TPU topology compiled for (--target-topology), None for this host's devices."""
     existing = results.check_out_file(path)  # not archbench's: UserError, left untouched
     if existing is None:
         try:
@@ -144,6 +170,15 @@ def check_out(path: Path, resume: bool, overwrite: bool, info: dict) -> dict | N
                     f"{path} was measured on {old.get(key)!r}, this machine is "
                     f"{info.get(key)!r}; resume it there or choose another --out"
                 )
+        targets = {
+            (r.get("extra_info") or {}).get("target_topology") for r in existing["benchmarks"]
+        }
+        if targets - {target}:
+            theirs = ", ".join(sorted(t or "this host" for t in targets - {target}))
+            raise UserError(
+                f"{path} holds cells compiled for {theirs}, this run is for "
+                f"{target or 'this host'}; choose another --out"
+            )
     return existing
 
 
@@ -159,6 +194,8 @@ def pytest_args(args, out: Path | None) -> list[str]:
         "no:cacheprovider",
         "-p",
         "no:terminal",
+        "-p",  # pytest-benchmark turns its timers off where xdist is loaded: never split cells
+        "no:xdist",
         "--benchmark-enable",
         "--archbench-progress",
     ]
@@ -178,6 +215,8 @@ def pytest_args(args, out: Path | None) -> list[str]:
         argv.append("--compile-only")
     if args.device_memory is not None:
         argv.append(f"--device-memory={args.device_memory}")
+    if args.target_topology is not None:
+        argv.append(f"--target-topology={args.target_topology}")
     return argv
 
 
@@ -209,6 +248,13 @@ def run(args) -> int:
 
     if args.target_s is not None and not args.target_s > 0:
         raise UserError(f"--target-s {args.target_s}: must be positive")
+    if args.target_topology is not None:
+        from archbench.engine import topology
+
+        target = topology.devices(args.target_topology)  # no TPU compiler: one line, exit 2
+        args.compile_only = True
+        if args.devices is None:
+            args.devices = str(len(target))
     if args.device_memory is not None:
         if not args.compile_only:
             raise UserError("--device-memory says whether compiled cells fit: add --compile-only")
@@ -243,14 +289,21 @@ def run_matrix(args) -> int:
     from archbench.engine import measure
     from archbench.matrix import cells
 
-    requests = cells.select(**{name: getattr(args, name) for name in FILTERS}, split=args.split)
+    target = None
+    if args.target_topology is not None:
+        from archbench.engine import topology
+
+        target = topology.devices(args.target_topology)
+    requests = cells.select(
+        **{name: getattr(args, name) for name in FILTERS}, split=args.split, target=target
+    )
     info = measure.device_info()
     main = distributed.is_main()  # process 0 checks and writes the results file, and speaks
     out, problem = None, None
     if main:
         try:
             out = resolve_out(args.out, args.resume, info)
-            check_out(out, args.resume, args.overwrite, info)
+            check_out(out, args.resume, args.overwrite, info, args.target_topology)
         except UserError as e:
             problem = str(e)
     problem = distributed.agreed(problem)  # every process starts the matrix, or none does

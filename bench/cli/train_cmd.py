@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from archbench import archs
@@ -16,6 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", help="recipe name (see --list)")
     p.add_argument("--list", action="store_true", help="print the recipes and exit")
     p.add_argument("--epochs", type=int, help="train this many epochs instead of the recipe's")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="random seed of the initialisation and data order (default: "
+        "the recipe's); the recipes' bands come from several seeds",
+    )
     p.add_argument("--out", help="run directory (default runs/<recipe>)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument(
@@ -24,6 +31,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="exit 1 unless the final metric lies in the recipe's expected band",
     )
     p.add_argument("--data-dir", help="where datasets are read from (and prepared)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        help="train on the first N devices, the recipe's batch split over them (default: 1)",
+    )
+    p.add_argument(
+        "--sharding",
+        help="dp (batch split, state replicated; the default), fsdp (parameters and optimizer "
+        "state split too), tp, fsdp+tp (with --mesh) or ep as `archbench run`",
+    )
+    p.add_argument(
+        "--mesh", help="named mesh axes, e.g. data=2,model=2 (sizes multiply to --devices)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="with --list: print JSON")
 
@@ -49,6 +69,26 @@ def list_rows() -> list[dict]:
     return rows
 
 
+def placement(devices: int | None, strategy: str | None, mesh: str | None):
+    """The Layout of --devices/--sharding/--mesh over the first devices JAX sees; None (one
+    device, as without the flags) when none of them is given."""
+    if devices is None and strategy is None and mesh is None:
+        return None
+    import jax
+
+    from archbench.engine import sharding
+
+    available = jax.devices()
+    devices = 1 if devices is None else devices
+    if not 1 <= devices <= len(available):
+        raise archs.UserError(
+            f"--devices must be 1..{len(available)} (the {jax.default_backend()} devices JAX "
+            f"sees), got {devices}; on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
+            "gives N devices"
+        )
+    return sharding.layout(strategy or "dp", available[:devices], mesh)
+
+
 def run(args) -> int:
     if args.list:
         if args.recipe:
@@ -64,15 +104,27 @@ def run(args) -> int:
             f"train: name a recipe or pass --list; recipes: {', '.join(recipes.names())}"
         )
     recipe = recipes.get(args.recipe)
-    from archbench.train.fit import fit  # jax, orbax and tqdm load only when training
+    if args.seed is not None:
+        recipe = dataclasses.replace(recipe, seed=args.seed)
+    from archbench.engine import sharding  # jax, orbax and tqdm load only when training
+    from archbench.train.fit import fit
 
-    final = fit(
-        recipe,
-        epochs=args.epochs,
-        out_dir=args.out or f"runs/{recipe.name}",
-        resume=args.resume,
-        progress=not args.no_progress,
-        data_dir=args.data_dir,
-    )
+    try:
+        final = fit(
+            recipe,
+            epochs=args.epochs,
+            out_dir=args.out or f"runs/{recipe.name}",
+            resume=args.resume,
+            progress=not args.no_progress,
+            data_dir=args.data_dir,
+            placement=placement(args.devices, args.sharding, args.mesh),
+        )
+    except sharding.Unsupported as e:
+        raise archs.UserError(
+            f"--sharding {args.sharding} cannot train {recipe.arch}: {e}"
+        ) from None
     print(f"{recipes.check_message(recipe, final['value'])} ({final['out_dir']})")
+    reached = recipes.target_message(recipe, final["out_dir"])  # time to target, if it has one
+    if reached:
+        print(reached)
     return 1 if args.check and not recipe.in_band(final["value"]) else 0

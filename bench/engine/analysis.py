@@ -81,6 +81,20 @@ def cost(stage: jax.stages.Lowered | jax.stages.Compiled) -> tuple[float | None,
     )
 
 
+def unpartitioned_flops(lowered: jax.stages.Lowered, step_fn, args) -> float | None:
+    """FLOPs of one global step before partitioning: the model's work, as on one device.
+
+    A step lowered for devices this host does not have (a TPU topology's: there is no backend
+    here to analyse its lowering) is lowered once more from the same shapes, unsharded, for
+    this host's backend; the program before partitioning is the same.
+    """
+    try:
+        return cost(lowered)[0]
+    except jax.errors.JaxRuntimeError:
+        plain = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
+        return cost(step_fn.lower(*plain))[0]
+
+
 def compiled_memory(compiled: jax.stages.Compiled) -> dict:
     """Per-device buffer sizes of a compiled program (XLA's buffer assignment), in bytes.
 
@@ -104,8 +118,11 @@ def compiled_memory(compiled: jax.stages.Compiled) -> dict:
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f16": 2, "bf16": 2, "s16": 2, "u16": 2}
 _DTYPE_BYTES |= {"f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+# A result is an array or a tuple of them; TPU layouts nest parentheses in it: {1,0:T(8,128)}.
 _COLLECTIVE = re.compile(
-    r"=\s*(?P<shape>\([^()]*\)|\S+)\s+(?P<op>" + "|".join(COLLECTIVES) + r")(?P<start>-start)?\("
+    r"=\s*(?P<shape>\((?:[^()]|\([^()]*\))*\)|\S+)\s+(?P<op>"
+    + "|".join(COLLECTIVES)
+    + r")(?P<start>-start)?\("
 )
 _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 

@@ -49,22 +49,28 @@ def parse_memory(text: str) -> int:
     return int(float(m[1]) * _UNITS[m[2] or ""])
 
 
-def compile_only(cell: Cell, device_memory: int | None = None) -> dict:
+def compile_only(cell: Cell, device_memory: int | None = None, target=None) -> dict:
     """Lower and compile `cell` from abstract arguments; never runs or allocates the model.
 
     Args:
       cell: what to compile; invalid cells raise UserError before anything is compiled.
       device_memory: bytes of one device, to say whether the step fits; None to not say.
+      target: the devices to compile for (a topology this host need not have:
+        archbench.engine.topology); None: this host's.
     Returns:
       A record with RESULT_KEYS: status "compiled" (timing keys None), or "unsupported",
       "oom" or "error" with a one-line message; it never raises for a failing model.
     """
-    validate(cell)
-    devices = jax.devices()[: cell.devices]
+    validate(cell, target)
+    devices = (jax.devices() if target is None else list(target))[: cell.devices]
     try:
         _, _, facts = compile_cell(cell, devices, abstract=True)
     except Exception as exc:
-        return failure(cell, exc)
+        result = failure(cell, exc)
+        if result["status"] == "oom" and device_memory is not None:
+            # XLA's TPU compiler refuses a program larger than the device (CompileTimeHbmOom)
+            result["device_memory_bytes"], result["fits"] = device_memory, False
+        return result
     result = dict.fromkeys(RESULT_KEYS)
     result.update(cell_keys(cell))
     result.update({k: v for k, v in facts.items() if k in result})
@@ -77,13 +83,13 @@ def compile_only(cell: Cell, device_memory: int | None = None) -> dict:
     return result
 
 
-def largest_batch_that_fits(cell: Cell, device_memory: int, limit: int = 2**16) -> int:
+def largest_batch_that_fits(cell: Cell, device_memory: int, limit: int = 2**16, target=None) -> int:
     """The largest batch shards * 2**k <= limit whose compiled step fits `device_memory`,
     found by compiling only; the smallest such batch when none fits."""
     unit = batch_shards(dataclasses.replace(cell, batch=1))
     batch = unit
     while batch * 2 <= limit:
-        record = compile_only(dataclasses.replace(cell, batch=batch * 2), device_memory)
+        record = compile_only(dataclasses.replace(cell, batch=batch * 2), device_memory, target)
         if not record.get("fits"):
             break
         batch *= 2

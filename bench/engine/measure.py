@@ -219,7 +219,7 @@ def _cost_facts(cell: Cell, spec, module, inputs: InputSpec, step_fn, args, lowe
             # The partitioned executable is one device's program, with the replicated optimizer
             # update repeated on every device. FLOPs: the unpartitioned step's (the model's
             # work, the same count as on one device); bytes: every device's traffic.
-            flops = analysis.cost(lowered)[0]
+            flops = analysis.unpartitioned_flops(lowered, step_fn, args)
             accessed = None if accessed is None else accessed * cell.devices
         source, bytes_source = "xla", "xla"
         loops = analysis.loop_undercount(step_fn.trace(*args).jaxpr)
@@ -257,7 +257,7 @@ def compile_cell(cell: Cell, devices, abstract: bool = False):
       (the compiled step, its arguments (state, batch or inputs), facts: lower_s, compile_s,
       the cost and memory analyses, the batch sharding and the collectives).
     """
-    validate(cell)
+    validate(cell, devices if abstract else None)
     jax.config.update("jax_enable_compilation_cache", False)
     spec = archs.get(cell.arch)
     module = spec.build(cell.size, dtype=DTYPES[cell.dtype])
@@ -364,7 +364,7 @@ def summarize(cell: Cell, prepared: Prepared, round_times_s: list[float]) -> dic
         "device_memory_bytes": None,  # what --compile-only --device-memory checks a fit against
         "fits": None,
     }
-    return {key: result[key] for key in RESULT_KEYS}
+    return {key: result.get(key) for key in RESULT_KEYS}
 
 
 def measure_cell(

@@ -7,11 +7,19 @@ import jax
 from archbench.engine.cell import Cell, cell_keys
 from archbench.engine.sharding import Unsupported
 
+# Mode "generate" (archbench.engine.generate); None in the results of other modes.
+GENERATE_KEYS = (
+    *("prompt_len", "gen_len", "prefill_s", "prefill_compile_s", "decode_compile_s"),
+    *("decode_token_s", "decode_token_iqr_s", "decode_tokens_per_s", "cache_bytes"),
+    *("flops_per_token", "bytes_per_token", "bandwidth_bytes_per_s"),
+    *("peak_bandwidth_bytes_per_s", "bandwidth_fraction", "bandwidth_source", "bandwidth_basis"),
+)
 # Every result has exactly these keys, in this order; a failed cell has None for what it lacks.
 RESULT_KEYS = (
     *("cell_id", "arch", "size", "family", "mode", "batch", "dtype", "devices", "seq_len"),
     *("sharding", "mesh"),
-    *("params", "task", "input", "tokens_per_example", "status", "error", "backend"),
+    *("params", "active_params", "task", "input", "tokens_per_example", "status", "error"),
+    "backend",
     *("device_kind", "optimizer", "step_time_s", "step_time_iqr_s", "step_time_min_s"),
     *("rounds", "steps_per_round", "samples_per_s", "tokens_per_s", "tflops_per_s", "mfu"),
     *("peak_tflops", "peak_source", "peak_basis", "lower_s", "compile_s", "compile_cache"),
@@ -20,6 +28,7 @@ RESULT_KEYS = (
     *("batch_per_device", "peak_bytes", "host_peak_rss_bytes", "peak_bytes_source"),
     "peak_bytes_set_by_cell",
     *("collective_count", "collective_bytes", "collectives", "device_memory_bytes", "fits"),
+    *GENERATE_KEYS,
 )
 
 

@@ -1,4 +1,5 @@
-"""Peak matmul throughput of a device: a datasheet table for known accelerators, else measured.
+"""Peak matmul throughput and memory bandwidth of a device: datasheet tables for known
+accelerators, else measured (square matmuls; a pass over a large array).
 
 Every figure is dense (no 2:4 structured sparsity): NVIDIA datasheets quote the sparse number
 first and mark it with an asterisk; the dense one is half of it.
@@ -129,3 +130,77 @@ def peak_tflops(device: jax.Device, dtype: str) -> tuple[float | None, str, str]
         return peak, ("datasheet" if peak is not None else "unknown"), basis
     peak, basis = measured_matmul_tflops(dtype, device)
     return peak, "measured-matmul", f"{device.device_kind}: {basis}"
+
+
+# ---- memory bandwidth (what bounds decoding: every step reads the weights and the cache) ----
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """Peak memory (HBM) bandwidth per chip of one accelerator, in TB/s (10^12 B/s)."""
+
+    name: str
+    kinds: tuple[str, ...]  # lower-case device_kind substrings, first match wins as above
+    tbps: float
+    source: str
+
+
+A100_SHEET = "NVIDIA A100 datasheet"
+BANDWIDTHS: tuple[Bandwidth, ...] = (
+    # NVIDIA H100 Tensor Core GPU datasheet (2023): SXM 3.35 TB/s (HBM3), PCIe 2 TB/s (HBM2e),
+    # NVL 3.9 TB/s. device_kind: "NVIDIA H100 80GB HBM3" (SXM), "NVIDIA H100 PCIe", "... NVL".
+    Bandwidth("NVIDIA H100 PCIe", ("h100 pcie",), 2.0, "NVIDIA H100 datasheet"),
+    Bandwidth("NVIDIA H100 NVL", ("h100 nvl",), 3.9, "NVIDIA H100 datasheet"),
+    Bandwidth("NVIDIA H100 SXM5", ("h100",), 3.35, "NVIDIA H100 datasheet"),
+    # NVIDIA H200 Tensor Core GPU datasheet (2024): 141 GB HBM3e at 4.8 TB/s, SXM and NVL alike.
+    Bandwidth("NVIDIA H200", ("h200",), 4.8, "NVIDIA H200 datasheet"),
+    # NVIDIA A100 Tensor Core GPU datasheet (2021): 80GB SXM 2,039 GB/s, 80GB PCIe 1,935 GB/s,
+    # 40GB (SXM and PCIe) 1,555 GB/s. device_kind: "NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB
+    # PCIe", "NVIDIA A100-SXM4-40GB", "NVIDIA A100-PCIE-40GB".
+    Bandwidth("NVIDIA A100 80GB PCIe", ("a100 80gb pcie", "a100-pcie-80gb"), 1.935, A100_SHEET),
+    Bandwidth("NVIDIA A100 80GB SXM", ("a100-sxm4-80gb", "a100 80gb"), 2.039, A100_SHEET),
+    Bandwidth("NVIDIA A100 40GB", ("a100",), 1.555, A100_SHEET),
+    # Google Cloud TPU system architecture pages (cloud.google.com/tpu/docs/v4, v5e, v5p, v6e):
+    # HBM bandwidth per chip 1,200 / 819 / 2,765 / 1,640 GB/s.
+    Bandwidth("TPU v5e", ("tpu v5 lite", "tpu v5e"), 0.819, "Google Cloud TPU v5e"),
+    Bandwidth("TPU v5p", ("tpu v5p", "tpu v5"), 2.765, "Google Cloud TPU v5p"),
+    Bandwidth("TPU v6e", ("tpu v6 lite", "tpu v6e"), 1.64, "Google Cloud TPU v6e"),
+    Bandwidth("TPU v4", ("tpu v4",), 1.2, "Google Cloud TPU v4"),
+)
+
+
+def bandwidth_for(device_kind: str) -> Bandwidth | None:
+    """The bandwidth entry whose substring occurs in `device_kind`, or None ("v4 lite": None)."""
+    kind = device_kind.lower()
+    if "v4 lite" in kind:
+        return None
+    return next((b for b in BANDWIDTHS if any(k in kind for k in b.kinds)), None)
+
+
+@functools.cache
+def measured_copy_bandwidth(device: jax.Device, mib: int = 64) -> tuple[float, str]:
+    """Best bytes/s of an elementwise pass over a `mib` MiB float32 array on `device`
+    (read once, written once: 2 * size bytes), measured once per process, best of 5."""
+    n = mib * 2**20 // 4
+    a = jax.device_put(jnp.zeros((n,), jnp.float32), device)
+    copy = jax.jit(lambda x: x + 1.0)  # a plain copy may be elided; this one reads and writes
+    copy(a).block_until_ready()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        copy(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n * 4 / best, f"best of 5 passes over a {mib} MiB float32 array (read + write)"
+
+
+def peak_bandwidth(device: jax.Device) -> tuple[float, str, str]:
+    """Peak memory bandwidth of one `device` in bytes/s.
+
+    Returns:
+      (bytes/s, source "datasheet" | "measured-copy", basis: what the figure is).
+    """
+    sheet = bandwidth_for(device.device_kind)
+    if sheet is not None:
+        return sheet.tbps * 1e12, "datasheet", f"{sheet.name}, {sheet.tbps} TB/s ({sheet.source})"
+    rate, basis = measured_copy_bandwidth(device)
+    return rate, "measured-copy", f"{device.device_kind}: {basis}"

@@ -10,6 +10,11 @@ A strategy is a set of parts, each a rule over a named mesh axis:
          paths (TP_RULES): attention heads and the MLP's hidden units are split, so each
          attention block and MLP needs one all-reduce of its output. A family none of whose
          parameters match a rule has no tensor-parallel form: its cells are "unsupported".
+- `ep`   expert parallelism (GShard, Lepikhin et al. 2021): the batch as for dp, and a
+         Mixture of Experts' stacked expert weights (E, ...) split along E over the "data"
+         axis (EP_RULES), so each device holds E / data experts and the tokens routed to them
+         move instead of the weights; everything else is replicated. A family without
+         experts has no expert-parallel form ("unsupported").
 
 Parts combine with "+" (`fsdp+tp` over `--mesh data=2,model=2`). Without an explicit mesh,
 tp uses all devices on "model" and the others all devices on "data".
@@ -29,8 +34,8 @@ from jax.sharding import PartitionSpec as P
 
 from archbench.archs.registry import UserError
 
-PARTS = ("dp", "fsdp", "tp")
-STRATEGIES = ("dp", "fsdp", "tp", "fsdp+tp")
+PARTS = ("dp", "fsdp", "tp", "ep")
+STRATEGIES = ("dp", "fsdp", "tp", "fsdp+tp", "ep")
 AXES = ("data", "model")
 
 # Tensor parallelism: (regex over a parameter's path, its spec over "model"). The paths are
@@ -49,6 +54,10 @@ TP_RULES: tuple[tuple[str, tuple], ...] = (
     (r"/mlp/(w1|w3)/kernel$", (None, "model")),  # SwiGLU's gate and up projections (Llama)
     (r"/mlp/w2/kernel$", ("model", None)),  # SwiGLU's down projection
 )
+
+# Expert parallelism: archs/moe.py's stacked expert weights, (E, D, F) and (E, F, D), and
+# their optimizer moments, split along the expert dimension over "data".
+EP_RULES: tuple[tuple[str, tuple], ...] = ((r"/mlp/experts/(w1|w2|w3)$", ("data", None, None)),)
 
 
 class Unsupported(Exception):
@@ -96,6 +105,8 @@ def mesh_axes(strategy: str, devices: int, mesh: str | None) -> dict[str, int]:
         )
     if "tp" in parts and "model" not in axes:
         raise UserError(f"--sharding {strategy}: --mesh {mesh} has no 'model' axis")
+    if "ep" in parts and "data" not in axes:
+        raise UserError(f"--sharding {strategy}: --mesh {mesh} has no 'data' axis")
     return axes
 
 
@@ -113,12 +124,17 @@ def path_text(path) -> str:
     return "/" + "/".join(names)
 
 
-def tp_spec(path: str, shape: Sequence[int]) -> tuple | None:
+def tp_spec(path: str, shape: Sequence[int], rules=TP_RULES) -> tuple | None:
     """The tensor-parallel spec of the array at `path`, or None if no rule names it."""
-    for pattern, spec in TP_RULES:
+    for pattern, spec in rules:
         if re.search(pattern, path) and len(spec) == len(shape):
             return spec
     return None
+
+
+def ep_spec(path: str, shape: Sequence[int]) -> tuple | None:
+    """The expert-parallel spec of the array at `path`, or None if it holds no experts."""
+    return tp_spec(path, shape, EP_RULES)
 
 
 def fsdp_spec(shape: Sequence[int], size: int, taken: tuple) -> tuple:
@@ -154,34 +170,35 @@ class Layout:
         """Shardings for every array of `abstract_state` (a pytree of ShapeDtypeStructs).
 
         Raises:
-          Unsupported if tp is asked for and no parameter matches a rule, or a matched
-          dimension is not divisible by the "model" axis.
+          Unsupported if tp (ep) is asked for and no parameter matches a tensor-parallel
+          (expert-parallel) rule, or a matched dimension is not divisible by its axis.
         """
-        model = self.mesh.shape.get("model", 1)
-        data = self.mesh.shape.get("data", 1)
-        matched = []
+        matched = {"tp": [], "ep": []}
 
         def place(path, leaf):
             shape = tuple(getattr(leaf, "shape", ()))
             spec = (None,) * len(shape)
             text = path_text(path)
-            if "tp" in self and shape:
-                rule = tp_spec(text, shape)
+            for part, rule_of in (("tp", tp_spec), ("ep", ep_spec)):
+                rule = rule_of(text, shape) if part in self and shape else None
                 if rule is not None:
                     for dim, axis in zip(shape, rule, strict=True):
-                        if axis == "model" and dim % model:
+                        size = self.mesh.shape.get(axis, 1) if axis else 1
+                        if dim % size:
                             raise Unsupported(
-                                f"{text} has {dim} along its split, not divisible by model={model}"
+                                f"{text} has {dim} along its split, not divisible by {axis}={size}"
                             )
-                    matched.append(text)
+                    matched[part].append(text)
                     spec = rule
             if "fsdp" in self and shape:
-                spec = fsdp_spec(shape, data, spec)
+                spec = fsdp_spec(shape, self.mesh.shape.get("data", 1), spec)
             return NamedSharding(self.mesh, P(*spec))
 
         shardings = jax.tree_util.tree_map_with_path(place, abstract_state)
-        if "tp" in self and not matched:
+        if "tp" in self and not matched["tp"]:
             raise Unsupported("no tensor-parallel rule matches this family's parameters")
+        if "ep" in self and not matched["ep"]:
+            raise Unsupported("no expert-parallel rule matches this family's parameters")
         return shardings
 
 

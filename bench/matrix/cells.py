@@ -14,6 +14,7 @@ import jax
 from archbench import archs
 from archbench.archs import UserError
 from archbench.engine import measure
+from archbench.engine.cell import can_decode, decode_archs
 from archbench.engine.sharding import mesh_axes, parse_strategy
 
 AUTO = "auto"
@@ -23,7 +24,13 @@ AUTO = "auto"
 # cells (Transformer train) take about a second a step on two CPU cores. With 1.5 s of timed
 # rounds per cell, the 32 cells of sixteen families took 3 min 40 s on two cores (lowering and
 # compiling included; `make run` on 2026-12-03), well inside the fifteen minutes it may take.
-DEFAULTS = {"size": "small", "mode": "train,infer", "batch": "32", "dtype": "float32"}
+# Generation (mode "generate") joins it for the language models that decode: a 64-token
+# prompt, then 32 tokens one at a time, at batch 32. The four such cells (gpt, llama, mamba,
+# moe) took 5 to 13 s each, 36 s together, on two cores shared with other jobs (load 5;
+# 2026-12-03, archbench.measure with target_s 1.5, the first one paying for the peak
+# measurements).
+DEFAULTS = {"size": "small", "mode": "train,infer,generate", "batch": "32", "dtype": "float32"}
+GENERATE_DEFAULTS = {"prompt_len": "64", "gen_len": "32"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,8 @@ class CellRequest:
     seq_len: int | None = None
     sharding: str = "dp"
     mesh: str | None = None
+    prompt_len: int | None = None
+    gen_len: int | None = None
 
     def cell(self, batch: int | None = None) -> measure.Cell:
         fields = asdict(self)
@@ -110,6 +119,36 @@ def _arch_names(patterns: list[str]) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
+def _generate_lengths(modes, prompt_len, gen_len) -> list[tuple[int, int]]:
+    """The (prompt_len, gen_len) pairs of the generate cells; UserError if given in vain."""
+    if "generate" not in modes and (prompt_len is not None or gen_len is not None):
+        raise UserError("--prompt-len and --gen-len apply to --mode generate")
+    prompts = _positive_ints(
+        "--prompt-len", _values("--prompt-len", prompt_len, GENERATE_DEFAULTS["prompt_len"])
+    )
+    gens = _positive_ints("--gen-len", _values("--gen-len", gen_len, GENERATE_DEFAULTS["gen_len"]))
+    return [(p, g) for p in prompts for g in gens]
+
+
+def _generate_requests(
+    name, size, dtypes, device_counts, strategies, batches, mesh, lengths, defaults
+) -> list[CellRequest]:
+    """The generate cells of (name, size): none for a model without a decode path, and only
+    on one device under dp at a given batch; default lengths only where they fit max_len."""
+    if not can_decode(archs.get(name)) or mesh is not None:
+        return []
+    max_len = archs.get(name).size(size).config.get("max_len")
+    return [
+        CellRequest(name, size, "generate", b, d, 1, None, "dp", None, p, g)
+        for d in dtypes
+        if 1 in device_counts and "dp" in strategies
+        for b in batches
+        if b != AUTO
+        for p, g in lengths
+        if not (defaults and max_len is not None and p + g > max_len)
+    ]
+
+
 def _takes_sequences(name: str, size: str) -> bool:
     """Whether (name, size) has a sequence length to vary: any input but an image."""
     return archs.get(name).size(size).input.kind != "image"
@@ -126,6 +165,9 @@ def select(
     sharding: str | None = None,
     mesh: str | None = None,
     split: str | None = None,
+    target=None,
+    prompt_len: str | None = None,
+    gen_len: str | None = None,
 ) -> list[CellRequest]:
     """The cells a set of filters selects, each value checked before anything runs.
 
@@ -139,6 +181,12 @@ def select(
         count); None: each strategy's own one-axis mesh.
       split: "K/N": only every N-th of the selected cells, from the K-th (1-based), so the
         N shards are disjoint, cover the selection and are about equally mixed.
+      target: the devices of a TPU topology to compile for (archbench.engine.topology);
+        None: this host's.
+      prompt_len, gen_len: comma lists of prompt and generated lengths of mode "generate"
+        (default 64 and 32, where they fit the model's positions). Generation applies to the
+        language models with a decode path, on one device under dp, at a given batch; other
+        cells of the selection get no generate cell.
     Returns:
       CellRequests in a stable order: architecture, size, mode, dtype, devices, sharding,
       batch, seq_len.
@@ -163,13 +211,19 @@ def select(
             raise _unknown("dtype", d, measure.DTYPES)
     batches = _positive_ints("--batch", _values("--batch", batch, DEFAULTS["batch"]), True)
     device_counts = _positive_ints("--devices", _values("--devices", devices, "1"))
-    available = jax.device_count()
+    available = jax.device_count() if target is None else len(target)
     for n in device_counts:
         if n > available:
+            where = (
+                "here" if target is None else f"in the target topology ({target[0].device_kind})"
+            )
             raise UserError(
-                f"--devices {n}: only {available} {jax.default_backend()} device(s) here"
+                f"--devices {n}: only {available} "
+                f"{jax.default_backend() if target is None else 'TPU'} device(s) {where}"
             )
     seq_lens = _positive_ints("--seq-len", _values("--seq-len", seq_len, "")) or [None]
+    lengths = _generate_lengths(modes, prompt_len, gen_len)
+    defaults = prompt_len is None and gen_len is None  # then only where they fit
     strategies = list(dict.fromkeys(_values("--sharding", sharding, "dp")))
     for st in strategies:
         parse_strategy(st)
@@ -190,15 +244,25 @@ def select(
     for name, s in pairs:
         lens = seq_lens if _takes_sequences(name, s) else [None]
         for m in modes:
+            if m == "generate":
+                options = (dtypes, device_counts, strategies, batches, mesh, lengths)
+                requests += _generate_requests(name, s, *options, defaults=defaults)
+                continue
             for d in dtypes:
                 for n in device_counts:
                     for st in strategies:
                         for b in batches:
                             for t in lens:
                                 requests.append(CellRequest(name, s, m, b, d, n, t, st, mesh))
+    if "generate" in modes and mode is not None and not any(r.mode == "generate" for r in requests):
+        raise UserError(
+            f"--mode generate applies to language models with a decode path "
+            f"({', '.join(decode_archs())}) on one device under dp at a given batch; "
+            f"none among {', '.join(names)}"
+        )
     for r in requests:  # anything measure itself refuses, before anything runs
         unit = measure.batch_shards(r.cell(batch=1)) if r.batch == AUTO else None
-        measure.validate(r.cell(batch=unit))
+        measure.validate(r.cell(batch=unit), target)
     if shard is not None:
         k, n = shard
         if k > len(requests):

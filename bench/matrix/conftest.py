@@ -10,10 +10,11 @@ from __future__ import annotations
 import pytest
 
 from archbench.archs import UserError
-from archbench.engine import aot, measure
+from archbench.engine import aot, measure, topology
 from archbench.matrix import cells, results, session
 
 FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
+FILTERS += ("prompt_len", "gen_len")  # mode generate
 PLUGIN = "archbench-matrix"
 
 
@@ -21,12 +22,16 @@ def pytest_addoption(parser):
     group = parser.getgroup("archbench", "archbench matrix (comma lists; default: the main job)")
     group.addoption("--arch", help="architectures, wildcards allowed (default: all)")
     group.addoption("--size", help=f"sizes (default: {cells.DEFAULTS['size']})")
-    group.addoption("--mode", help=f"train, infer (default: {cells.DEFAULTS['mode']})")
+    group.addoption("--mode", help=f"train, infer, generate (default: {cells.DEFAULTS['mode']})")
     group.addoption("--batch", help=f"batch sizes or 'auto' (default: {cells.DEFAULTS['batch']})")
     group.addoption("--dtype", help=f"compute dtypes (default: {cells.DEFAULTS['dtype']})")
     group.addoption("--devices", help="device counts (default: 1)")
     group.addoption("--seq-len", dest="seq_len", help="sequence lengths (default: the model's)")
-    group.addoption("--sharding", help="strategies: dp, fsdp, tp, fsdp+tp (default: dp)")
+    group.addoption(
+        "--prompt-len", dest="prompt_len", help="generate: prompt lengths (default: 64)"
+    )
+    group.addoption("--gen-len", dest="gen_len", help="generate: tokens decoded (default: 32)")
+    group.addoption("--sharding", help="strategies: dp, fsdp, tp, fsdp+tp, ep (default: dp)")
     group.addoption("--mesh", help="named mesh axes for every cell, e.g. data=2,model=2")
     group.addoption(
         "--split", metavar="K/N", help="only the K-th of N disjoint shards of the selected cells"
@@ -43,6 +48,9 @@ def pytest_addoption(parser):
     group.addoption(
         "--device-memory", help="memory of one device (80GiB, or h100, v5e, ...): fits or not"
     )
+    group.addoption(
+        "--target-topology", help="compile for this TPU topology (v5e:2x2, ...): needs libtpu"
+    )
     group.addoption("--archbench-out", help="results file, rewritten after every cell")
     group.addoption(
         "--archbench-resume", action="store_true", help="skip cells already ok in the file"
@@ -56,9 +64,12 @@ def pytest_configure(config):
     if config.getoption("target_s") <= 0:
         raise pytest.UsageError("--target-s must be positive")
     memory = config.getoption("device_memory")
+    name = config.getoption("target_topology")
     try:
         requests = cells.select(
-            **{name: config.getoption(name) for name in FILTERS}, split=config.getoption("split")
+            **{name: config.getoption(name) for name in FILTERS},
+            split=config.getoption("split"),
+            target=topology.devices(name) if name else None,
         )
         plugin = session.MatrixSession(
             config,
@@ -68,6 +79,7 @@ def pytest_configure(config):
             progress=config.getoption("archbench_progress"),
             compile_only=config.getoption("compile_only"),
             device_memory=memory and aot.parse_memory(memory),
+            target_topology=config.getoption("target_topology"),
         )
     except UserError as e:
         raise pytest.UsageError(str(e)) from None

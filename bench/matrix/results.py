@@ -55,6 +55,7 @@ FLAT_COLUMNS = [
     "source",
 ]
 CELL_KEYS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
+CELL_KEYS += ("prompt_len", "gen_len")  # mode generate; None for the others and in old files
 
 
 def marker(**fields) -> dict:

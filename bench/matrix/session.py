@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 import pytest
 
 from archbench import units
-from archbench.engine import aot, autobatch, distributed, measure
+from archbench.engine import aot, autobatch, distributed, generate, measure, topology
+from archbench.engine.sharding import Unsupported
 from archbench.matrix import results
 from archbench.matrix.cells import AUTO, CellRequest
 
@@ -42,20 +43,29 @@ def plan_rounds(round_s: float, target_s: float) -> int:
     return min(max(math.ceil(target_s / max(round_s, 1e-9)), MIN_ROUNDS), MAX_ROUNDS)
 
 
-def compile_request(benchmark, request: CellRequest, device_memory: int | None) -> dict:
+def compile_request(
+    benchmark, request: CellRequest, device_memory: int | None, target=None, topology=None
+) -> dict:
     """Compile one cell without running it (aot.compile_only) into `benchmark`'s extra_info.
 
     Batch "auto" is the largest that fits `device_memory` (found by compiling only), or the
-    smallest batch when no memory is given.
+    smallest batch when no memory is given. `target`: the devices of TPU topology `topology`
+    to compile for (archbench.engine.topology); None: this host's.
     """
     cell = request.cell(
         batch=measure.batch_shards(request.cell(batch=1)) if request.batch == AUTO else None
     )
+    if cell.mode == "generate":  # two programs and a cache: measured only, never compile-only
+        info = measure.failure(cell, Unsupported("--compile-only does not compile generate"))
+        benchmark.extra_info.update(info)
+        return info
     if request.batch == AUTO and device_memory is not None:
-        cell = request.cell(batch=aot.largest_batch_that_fits(cell, device_memory))
-    info = aot.compile_only(cell, device_memory)
+        cell = request.cell(batch=aot.largest_batch_that_fits(cell, device_memory, target=target))
+    info = aot.compile_only(cell, device_memory, target)
     if request.batch == AUTO:
         info["batch_request"] = AUTO
+    if topology is not None:
+        info["target_topology"] = topology
     gc.collect()
     benchmark.extra_info.update(info)
     return info
@@ -78,6 +88,8 @@ def measure_request(benchmark, request: CellRequest, target_s: float) -> dict:
     cell = request.cell(
         batch=measure.batch_shards(request.cell(batch=1)) if request.batch == AUTO else None
     )
+    if cell.mode == "generate":
+        return _measure_generate(benchmark, cell, target_s)
     prepared = None
     try:
         if request.batch == AUTO:
@@ -103,6 +115,28 @@ def measure_request(benchmark, request: CellRequest, target_s: float) -> dict:
         gc.collect()  # free this cell's buffers before the next one compiles
     if request.batch == AUTO:
         info["batch_request"] = AUTO
+    benchmark.extra_info.update(info)
+    return info
+
+
+def _measure_generate(benchmark, cell, target_s: float) -> dict:
+    """A generate cell (archbench.engine.generate): pytest-benchmark times whole generations
+    (prefill and gen_len decode steps); the record is built from the generation's own timers
+    (time to first token, each decode step)."""
+    gen = None
+    try:
+        gen = generate.prepare(cell)
+        start = time.perf_counter()
+        gen.run_round(record=False)  # the warm-up generation, timed to plan the rounds
+        rounds = plan_rounds(distributed.agreed(time.perf_counter() - start), target_s)
+        rounds = min(max(rounds, generate.MIN_ROUNDS), generate.MAX_ROUNDS)
+        benchmark.pedantic(gen.run_round, rounds=rounds, iterations=1, warmup_rounds=0)
+        info = generate.summarize(gen)
+    except Exception as e:
+        info = measure.failure(cell, e)
+    finally:
+        gen = None
+        gc.collect()
     benchmark.extra_info.update(info)
     return info
 
@@ -146,6 +180,8 @@ class MatrixSession:
         report failures as one line each.
       compile_only: compile each cell from abstract arguments instead of timing it.
       device_memory: bytes of one device; compiled cells say whether they fit it.
+      target_topology: compile for this TPU topology's devices ("v5e:2x2"); its chips' memory
+        is the default device_memory.
     """
 
     def __init__(
@@ -157,12 +193,17 @@ class MatrixSession:
         progress=False,
         compile_only=False,
         device_memory=None,
+        target_topology=None,
     ):
         self.config = config
         self.main = distributed.is_main()  # the others write nothing and stay quiet
         self.out = out if self.main else None
         self.target_s = target_s
         self.compile_only = compile_only
+        self.topology = target_topology
+        self.target = topology.devices(target_topology) if target_topology else None
+        if device_memory is None and self.target is not None:
+            device_memory = topology.device_memory(self.target)
         self.device_memory = device_memory
         self.progress = progress and self.main
         self.bar = None
@@ -236,15 +277,14 @@ class MatrixSession:
         self.measured += 1
         status = info.get("status")
         if self.progress and self.bar is None:  # stderr is a log, not a terminal: a line a cell
-            said = (
-                f"ok, {units.seconds(info.get('step_time_s'))} per step"
-                if status == "ok"
-                else status
-            )
+            said = {
+                "ok": f"ok, {units.seconds(info.get('step_time_s'))} per step",
+                "compiled": f"compiled, {units.nbytes(info.get('compiled_bytes'))} per device",
+            }.get(status, status)
             self.notes.append(
                 f"archbench {self.measured}/{self.total} {info.get('cell_id')}: {said}"
             )
-        if status != "ok":
+        if status not in ("ok", "compiled"):
             self.notes.append(f"{info.get('cell_id')}: {status}: {info.get('error')}")
         if self.out:
             self.write()

@@ -14,11 +14,31 @@ from archbench.matrix.session import compile_request, measure_request
 
 
 def test_cell(
-    arch, size, mode, batch, dtype, devices, seq_len, sharding, mesh, benchmark, matrix_session
+    arch,
+    size,
+    mode,
+    batch,
+    dtype,
+    devices,
+    seq_len,
+    sharding,
+    mesh,
+    prompt_len,
+    gen_len,
+    benchmark,
+    matrix_session,
 ):
-    request = CellRequest(arch, size, mode, batch, dtype, devices, seq_len, sharding, mesh)
+    request = CellRequest(
+        arch, size, mode, batch, dtype, devices, seq_len, sharding, mesh, prompt_len, gen_len
+    )
     if matrix_session.compile_only:
-        info = compile_request(benchmark, request, matrix_session.device_memory)
+        info = compile_request(
+            benchmark,
+            request,
+            matrix_session.device_memory,
+            matrix_session.target,
+            matrix_session.topology,
+        )
     else:
         info = measure_request(benchmark, request, matrix_session.target_s)
     matrix_session.record(benchmark, info)

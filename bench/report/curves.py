@@ -2,33 +2,36 @@
 
 The fit loop writes one JSON line per logged step and per epoch:
 {step, epoch, split ("train"|"test"), loss, accuracy, lr, examples_per_s, wall_s}.
-The expected band comes from train.recipes; a run whose recipe is not known (a renamed
-directory, a recipe since removed) is drawn without a band.
+The expected band and the target come from train.recipes; a run whose recipe is not known (a
+renamed directory, a recipe since removed) is drawn without them. The time to target is read
+from the same records (`train.recipe_spec.time_to_target`): the step and the seconds of the
+first test evaluation at or past the recipe's target.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from archbench import units
 from archbench.archs import UserError
 from archbench.report.tables import Cell, Table, num
-from archbench.train import recipes
+from archbench.train import recipe_spec, recipes
 
 METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
 class Band:
-    """The final test metric a recipe must reach: metric ('accuracy'|'bits_per_char'), lo, hi."""
+    """The final test metric a recipe must reach: metric ('accuracy'|'bits_per_char'), lo, hi;
+    and the easier target whose time to reach the report gives (None: no target)."""
 
     metric: str
     lo: float
     hi: float
     source: str
+    target: float | None = None
 
 
 @dataclass
@@ -59,13 +62,17 @@ class TrainingRun:
         train_s = sum(r["train_s"] for r in epochs)
         return sum(r.get("data_wait_s", 0.0) for r in epochs) / train_s if epochs else None
 
+    def time_to_target(self) -> recipe_spec.Reached | None:
+        """The first test evaluation at or past the band's target; None if none reached it
+        (or there is no target)."""
+        if self.band is None or self.band.target is None:
+            return None
+        return recipe_spec.time_to_target(self.records, self.band.metric, self.band.target)
+
 
 def metric_value(record: dict, metric: str) -> float | None:
-    if metric == "bits_per_char":
-        loss = record.get("loss")
-        return loss / math.log(2) if isinstance(loss, int | float) else None
-    v = record.get(metric)
-    return v if isinstance(v, int | float) else None
+    """A record's accuracy, or its bits per character from the loss; None if it has none."""
+    return recipe_spec.metric_of(record, metric)
 
 
 def find_run_dirs(paths) -> list[Path]:
@@ -91,7 +98,8 @@ def expected_band(name: str) -> Band | None:
     except UserError:
         return None
     lo, hi = recipe.expected
-    return Band(recipe.metric, float(lo), float(hi), recipe.source)
+    target = None if recipe.target is None else float(recipe.target)
+    return Band(recipe.metric, float(lo), float(hi), recipe.source, target)
 
 
 def load_training_run(path: Path) -> TrainingRun:
@@ -119,12 +127,16 @@ def load_training_run(path: Path) -> TrainingRun:
 
 
 def _recipe_name(path: Path) -> str:
-    """The recipe a run directory holds: its config.json's "recipe", else the directory name."""
-    try:
-        name = json.loads((path / "config.json").read_text(encoding="utf-8")).get("recipe")
-    except (OSError, ValueError, AttributeError):
-        name = None
-    return name if isinstance(name, str) else path.name
+    """The recipe a run directory holds: the "recipe" of its config.json or of the final.json
+    a finished fit writes, else the directory name."""
+    for file in ("config.json", "final.json"):
+        try:
+            name = json.loads((path / file).read_text(encoding="utf-8")).get("recipe")
+        except (OSError, ValueError, AttributeError):
+            name = None
+        if isinstance(name, str):
+            return name
+    return path.name
 
 
 def curves_figure(run: TrainingRun):
@@ -151,12 +163,15 @@ def curves_figure(run: TrainingRun):
                 ax_metric.axhspan(
                     run.band.lo, run.band.hi, color="#3a9a5b", alpha=0.18, label="expected"
                 )
+            if run.band and run.band.target is not None:
+                ax_metric.axhline(run.band.target, color="#555555", ls="--", lw=1, label="target")
             xlabel = "step" if x_key == "step" else "wall time (s)"
             ax_loss.set(xlabel=xlabel, ylabel="loss", title=f"loss vs {xlabel.split(' (')[0]}")
             ax_metric.set(xlabel=xlabel, ylabel=label, title=f"{label} vs {xlabel.split(' (')[0]}")
             ax_metric.legend(loc="best")
         caption = (
             f"Shaded: expected test {label} ({run.band.source})."
+            + (" Dashed: the target." if run.band.target is not None else "")
             if run.band
             else "No recipe band known for this run."
         )
@@ -164,7 +179,8 @@ def curves_figure(run: TrainingRun):
 
 
 def training_table(runs: list[TrainingRun]) -> Table:
-    """Per run: epochs, steps, wall time, data wait, final test metric, expected band, verdict."""
+    """Per run: epochs, steps, wall time, data wait, final test metric, expected band, verdict,
+    and the target with the steps and seconds to reach it ("not reached")."""
     rows = []
     for run in runs:
         last = run.records[-1]
@@ -186,6 +202,7 @@ def training_table(runs: list[TrainingRun]) -> Table:
             )
         else:
             verdict, band_text = Cell(""), ""
+        target, steps, seconds = _to_target(run)
         rows.append(
             [
                 Cell(run.name, str(run.path)),
@@ -196,7 +213,27 @@ def training_table(runs: list[TrainingRun]) -> Table:
                 num(shown),
                 num(band_text, band.source if band else ""),
                 verdict,
+                num(target),
+                steps,
+                seconds,
             ]
         )
-    cols = ["run", "epoch", "step", "wall time", "data wait", "final test", "expected", "verdict"]
+    cols = [
+        "run", "epoch", "step", "wall time", "data wait", "final test", "expected", "verdict",
+        "target", "steps to target", "time to target",
+    ]  # fmt: skip
     return Table(cols, rows, cls="training")
+
+
+def _to_target(run: TrainingRun) -> tuple[str, Cell, Cell]:
+    """The target's text and the cells of the steps and seconds to reach it: empty without a
+    target, "not reached" when no test evaluation reached it."""
+    band = run.band
+    if band is None or band.target is None:
+        return "", Cell(""), Cell("")
+    target = units.percent(band.target) if band.metric == "accuracy" else f"{band.target:g}"
+    reached = run.time_to_target()
+    if reached is None:
+        return target, Cell("not reached", cls="fail"), Cell("")
+    where = f"epoch {reached.epoch}, test {reached.value:.4g}"
+    return target, num(units.plain(reached.step), where), num(units.seconds(reached.seconds))

@@ -6,8 +6,9 @@ opens offline; the Markdown file has the same tables, with the plots as SVG file
 
 Comparison first: one card per run with its speedup over the first; the speedup per family
 and per architecture; the main table, one row per architecture and size, train and infer side
-by side; the plots; training curves; each run's environment; failed cells; and, folded, every
-flat row with every number.
+by side; the plots; sharding strategies; generation (prefill, then decoding token by token);
+training curves; each run's environment; failed cells; and, folded, every flat row with every
+number.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def _figures(rows: list[dict], labels: list[str]) -> list:
 
 def build_sections(runs: list[Run], training_dirs=()) -> list:
     """Everything the report shows, in order, whatever the output format."""
-    from archbench.report import curves, strategies, tables
+    from archbench.report import curves, generation, strategies, tables
     from archbench.report.render import Details, Section
 
     rows = [r for run in runs for r in run.rows]
@@ -214,6 +215,18 @@ def build_sections(runs: list[Run], training_dirs=()) -> list:
             "against devices, one line per strategy, are under Plots."
         )
         sections.append(Section("Sharding strategies", "sharding", [note, sharded]))
+    generated = generation.generation_table(rows)
+    if generated is not None:
+        note = (
+            "Generate cells: a prompt of P tokens prefilled at once, then G tokens decoded "
+            "greedily one at a time from the cache (the key/value cache of a Transformer, the "
+            "recurrent state of Mamba). TTFT is the prefill up to the first token; per token "
+            "is the median ± IQR of the decode steps, each giving every sequence of the batch "
+            "one token; bandwidth is the decode step's bytes (XLA's cost analysis) per second, "
+            "and its fraction of the device's memory bandwidth (datasheet, or a measured copy)."
+        )
+        figures = generation.generation_figures(rows, labels)
+        sections.append(Section("Generation", "generation", [note, generated, *figures]))
 
     if training_dirs:
         truns = [curves.load_training_run(d) for d in curves.find_run_dirs(training_dirs)]

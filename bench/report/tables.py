@@ -138,6 +138,7 @@ def headline_rows(rows: list[dict]) -> list[dict]:
     when none did).
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
+    rows = [r for r in rows if r["mode"] in MODES]  # generate cells have a section of their own
     for r in rows:
         groups[(r["run"], r["arch"], r["size"])].append(r)
     dtype_count = Counter((r["run"], r["dtype"]) for r in rows)
@@ -263,7 +264,11 @@ def main_table(rows: list[dict], colors: dict[str, str] | None = None) -> tuple[
             if r["status"] == "ok" and r.get("step_time_s"):
                 times[(arch, size, mode)].append(r["step_time_s"])
     best = {k: min(v) for k, v in times.items() if len(v) > 1}
-    lead = ["architecture", "params", *(["run"] if several_runs else []), "config"]
+    # Active parameters (those one token uses) get a column when some model has fewer than
+    # all its parameters active (a Mixture of Experts); results before the key have none.
+    sparse = any(r.get("active_params") not in (None, r.get("params")) for r in headline)
+    lead = ["architecture", "params", *(["active params"] if sparse else [])]
+    lead += [*(["run"] if several_runs else []), "config"]
     width = len(lead) + len(metrics) * len(modes)
     out_rows, row_cls, family, arch_size = [], [], None, None
     for (fam, arch, size, _), cell in by_cell.items():
@@ -277,6 +282,11 @@ def main_table(rows: list[dict], colors: dict[str, str] | None = None) -> tuple[
             any_row["run"], any_row["run"], "run", dot=(colors or {}).get(any_row["run"], "")
         )
         out_row = [Cell(f"{arch}/{size}"), num(units.count(params), units.plain(params))]
+        if sparse:
+            active = next(
+                (r["active_params"] for r in cell.values() if r.get("active_params")), None
+            )
+            out_row.append(num(units.count(active), units.plain(active)))
         out_row += [run_cell] if several_runs else []
         out_row.append(Cell(config_text(any_row)))
         for mode in modes:

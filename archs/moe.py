@@ -1,0 +1,253 @@
+"""Mixture-of-Experts decoder (Mixtral, Jiang et al. 2024): Llama with routed SwiGLU experts.
+
+The model is `archs.llama.Llama` itself with its blocks' MLP replaced by `RoutedExperts`: a
+bias-free router Dense D -> E picks each token's top k experts (token choice), their outputs
+are summed with the softmax of the k chosen logits as weights (Mixtral renormalises over the
+selected k), and the residual carries the rest. Attention, norms, RoPE and whatever Llama
+gains later are shared with the `llama` family.
+
+Only the experts a token was routed to are computed, so that XLA's FLOPs count the work done
+(FLOPs per step then follow the active parameters, not the total). Dispatch is by capacity
+(Switch Transformer, Fedus et al. 2022 sec. 2.2; GShard, Lepikhin et al. 2021): each expert
+has C = ceil(capacity_factor * k * N / E) slots for the N tokens of a step (at most N);
+tokens fill them in order, every token's first choice before any second choice, and an
+assignment beyond an expert's C slots is dropped (that expert adds nothing to the token).
+The slots are filled and read back with gathers, which cost no FLOPs (a one-hot dispatch
+einsum would cost N * E * C * D multiply-adds each way, growing as N^2 since C grows with N,
+and more than the experts' 3 E C D F once N passes 3 F), and the E experts run as one
+batched (E, C, D) x (E, D, F) product. capacity_factor = E / k gives C = N: no token is ever
+dropped. jax.lax.ragged_dot would avoid the padding, but XLA's CPU cost analysis counts it
+as every expert on every row (checked on jax 0.12: ragged_dot of 64 x 32 rows by 4 experts
+of 32 x 48 reports 819,212 FLOPs, about 4 * 2 * 64 * 32 * 48, with groups of 16 rows each or
+of 2), so it would misstate the FLOPs this benchmark reports.
+
+Training adds the load-balancing loss of Switch (eq. 4), sown into the "losses" collection
+(`train.steps.train_step` adds every sown loss to the cross-entropy). The capacity applies
+in every mode, so inference drops the same way; the router and its softmax run in float32
+(Switch's "selective precision", sec. 2.4) whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from archbench.archs.llama import INIT, Initializer, Llama
+from archbench.archs.registry import ArchSpec, InputSpec, Size, count_params, register
+
+
+def capacity(tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
+    """Slots per expert: ceil(capacity_factor * k * tokens / E), at least 1, at most tokens."""
+    return max(1, min(tokens, math.ceil(capacity_factor * top_k * tokens / num_experts)))
+
+
+def route(logits: jax.Array, top_k: int) -> tuple[jax.Array, jax.Array]:
+    """Token-choice top-k: each token's k largest logits' experts, and their softmax weights.
+
+    Args:
+      logits: (N, E) router logits.
+    Returns:
+      experts (N, k) int32, best first, and gates (N, k) float32 summing to 1 over k.
+    """
+    top, experts = jax.lax.top_k(logits.astype(jnp.float32), top_k)  # (N, k) each
+    return experts, jax.nn.softmax(top, axis=-1)
+
+
+def load_balance_loss(logits: jax.Array, experts: jax.Array) -> jax.Array:
+    """Switch Transformer's auxiliary loss, eq. 4: E * sum_i f_i * P_i.
+
+    f_i is the fraction of the N * k routing choices that picked expert i (counted before any
+    capacity drop, and not differentiable), P_i the mean router probability of expert i
+    (softmax over all E logits). Both are uniform, 1 / E, when the load is balanced, and the
+    loss is then 1. (Hugging Face's Mixtral code counts f_i per token, without the 1 / k,
+    which scales this by k.)
+
+    Args:
+      logits: (N, E) router logits; experts: (N, k) the chosen experts.
+    """
+    num_experts = logits.shape[-1]
+    chosen = jax.nn.one_hot(experts, num_experts, dtype=jnp.float32)  # (N, k, E)
+    fraction = chosen.mean(axis=(0, 1))  # (E,) f_i, summing to 1
+    prob = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).mean(axis=0)  # (E,) P_i
+    return num_experts * jnp.sum(fraction * prob)
+
+
+def dispatch(experts: jax.Array, num_experts: int, slots: int) -> tuple[jax.Array, jax.Array]:
+    """Where each routing choice goes in the experts' (E * C) slots, and which token fills
+    each slot.
+
+    Choices are taken rank by rank (all first choices in token order, then the second ...),
+    so a token's first choice is kept before any token's second (GShard sec. 2.2).
+
+    Args:
+      experts: (N, k) chosen experts.
+    Returns:
+      slot (k, N): the flat slot e * C + position of each choice, or E * C if dropped;
+      token (E * C,): the token in each slot, or N for an empty slot.
+    """
+    n, k = experts.shape
+    flat = experts.T.reshape(-1)  # (k N,) rank-major
+    onehot = jax.nn.one_hot(flat, num_experts, dtype=jnp.int32)  # (k N, E)
+    position = jnp.sum((jnp.cumsum(onehot, axis=0) - 1) * onehot, axis=-1)  # (k N,)
+    slot = jnp.where(position < slots, flat * slots + position, num_experts * slots)
+    owner = jnp.tile(jnp.arange(n, dtype=jnp.int32), k)  # (k N,) the token of each choice
+    token = jnp.full((num_experts * slots,), n, jnp.int32).at[slot].set(owner, mode="drop")
+    return slot.reshape(k, n), token
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts with stacked weights, applied slot-wise: (E, C, D) -> (E, C, D)."""
+
+    num_experts: int
+    hidden: int
+    kernel_init: Initializer = INIT
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        e, width, hidden = self.num_experts, x.shape[-1], self.hidden
+        # N(0, 0.02) like every Llama matrix (Hugging Face's MixtralConfig: initializer_range).
+        w1 = self.param("w1", self.kernel_init, (e, width, hidden), self.param_dtype)
+        w3 = self.param("w3", self.kernel_init, (e, width, hidden), self.param_dtype)
+        w2 = self.param("w2", self.kernel_init, (e, hidden, width), self.param_dtype)
+        x = x.astype(self.dtype)
+        mm = functools.partial(jnp.einsum, preferred_element_type=self.dtype)
+        gate = nn.silu(mm("ecd,edf->ecf", x, w1.astype(self.dtype)))  # (E, C, F)
+        up = mm("ecd,edf->ecf", x, w3.astype(self.dtype))  # (E, C, F)
+        return mm("ecf,efd->ecd", gate * up, w2.astype(self.dtype))  # (E, C, D)
+
+
+class RoutedExperts(nn.Module):
+    """Top-k routed SwiGLU experts in place of a block's MLP: (B, T, D) -> (B, T, D).
+
+    Built by `LlamaBlock` as mlp(hidden, kernel_init=..., dtype=..., param_dtype=...); the
+    routing fields come from `MoE` through `Routed`.
+    """
+
+    hidden: int  # F of every expert
+    num_experts: int = 8
+    top_k: int = 2
+    capacity_factor: float = 1.25  # slots per expert over the balanced share k * N / E
+    aux_loss_coef: float = 0.01  # weight of the load-balancing loss in the training loss
+    kernel_init: Initializer = INIT
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape, width = x.shape, x.shape[-1]
+        tokens = x.reshape(-1, width)  # (N, D)
+        n, e = tokens.shape[0], self.num_experts
+        # The router in float32 (Switch's "selective precision").
+        logits = nn.Dense(
+            e, use_bias=False, kernel_init=self.kernel_init, dtype=jnp.float32,
+            param_dtype=self.param_dtype, name="router",
+        )(tokens)  # (N, E)  # fmt: skip
+        experts, gates = route(logits, self.top_k)  # (N, k) each
+        self.sow("losses", "load_balance", self.aux_loss_coef * load_balance_loss(logits, experts))
+        slots = capacity(n, e, self.top_k, self.capacity_factor)
+        slot, token = dispatch(experts, e, slots)  # (k, N), (E C,)
+        padded = jnp.concatenate([tokens, jnp.zeros((1, width), tokens.dtype)])  # (N + 1, D)
+        inputs = padded[token].reshape(e, slots, width)  # (E, C, D); empty slots are zeros
+        out = Experts(
+            e, self.hidden, self.kernel_init, self.dtype, self.param_dtype, name="experts"
+        )(inputs).reshape(e * slots, width)  # (E C, D)
+        out = jnp.concatenate([out, jnp.zeros((1, width), out.dtype)])  # (E C + 1, D)
+        picked = out[slot]  # (k, N, D); a dropped choice reads the zero row
+        y = jnp.einsum("knd,nk->nd", picked, gates.astype(out.dtype))  # (N, D)
+        return y.reshape(shape).astype(self.dtype)  # (B, T, D)
+
+
+@dataclasses.dataclass(frozen=True)
+class Routed:
+    """The block's MLP factory: RoutedExperts with these routing fields. A frozen dataclass,
+    not a functools.partial, so that two equal MoE modules compare and hash equal (jax.jit
+    caches on them)."""
+
+    num_experts: int
+    top_k: int
+    capacity_factor: float
+    aux_loss_coef: float
+
+    def __call__(self, hidden: int, **kwargs) -> RoutedExperts:
+        return RoutedExperts(hidden, *dataclasses.astuple(self), **kwargs)
+
+
+class MoE(Llama):
+    """Llama whose every block's MLP is `RoutedExperts` of E experts of width `mlp_dim`.
+
+    The `mlp` field is set from the routing fields below (any given one is replaced).
+    """
+
+    num_experts: int = 8
+    top_k: int = 2
+    # Slots per expert over the balanced share k * N / E (Switch's Table 1 compares 1.0, 1.25
+    # and 2.0). Mixtral's released code drops no token: E / k reproduces that.
+    capacity_factor: float = 1.25
+    # Switch's alpha = 10^-2 (sec. 2.2). Hugging Face's MixtralConfig defaults to 10^-3 with
+    # f_i per token, k times ours (see load_balance_loss): 2 * 10^-3 in this convention.
+    aux_loss_coef: float = 0.01
+
+    def __post_init__(self):
+        routing = (self.num_experts, self.top_k, self.capacity_factor, self.aux_loss_coef)
+        object.__setattr__(self, "mlp", Routed(*routing))
+        super().__post_init__()
+
+    def active_param_count(self, params) -> int:
+        """Parameters one token uses: all but (E - k) / E of every expert weight."""
+        total = count_params(params)
+        experts = [
+            leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+            if any(getattr(key, "key", None) == "experts" for key in path)
+        ]
+        idle = count_params(experts) * (self.num_experts - self.top_k) // self.num_experts
+        return total - idle
+
+
+def _size(layers, width, heads, kv_heads, mlp, vocab, seq, experts, top_k=2, max_len=None,
+          theta=1e4, **kw):  # fmt: skip
+    config = {
+        "vocab_size": vocab, "num_layers": layers, "width": width, "num_heads": heads,
+        "num_kv_heads": kv_heads, "mlp_dim": mlp, "max_len": max_len or seq,
+        "rope_base": theta, "norm_eps": 1e-5, "num_experts": experts, "top_k": top_k,
+    }  # fmt: skip
+    return Size(config, InputSpec("tokens", (seq,), vocab), **kw)
+
+
+# Parameters, with Dh = D / H, K key/value heads, E experts of width F, k of them per token:
+#   2 * V * D                                   token embedding and untied output head
+#   + L * (2 * D * D + 2 * D * K * Dh           query and output; key and value
+#          + D * E                              router
+#          + E * 3 * D * F                      the experts' w1, w3 (D x F) and w2 (F x D)
+#          + 2 * D)                             the block's two RMSNorm scales
+#   + D                                         final RMSNorm
+# Mixtral-8x7B (V 32,000, D 4,096, L 32, H 32, K 8, Dh 128, F 14,336, E 8): 262,144,000
+#   + 32 * (33,554,432 + 8,388,608 + 32,768 + 8 * 176,160,768 + 8,192) + 4,096
+#   = 46,702,792,704 parameters. Active per token (k = 2): minus 32 * 6 * 176,160,768
+#   = 33,822,867,456 idle expert weights, 12,879,925,248. Both are the paper's "47B" and
+#   "13B" (sec. 2) and the exact counts of the released checkpoint.
+# The 8x7b input is 4,096 tokens (the rotary tables cover the 32,768-token context): at
+# 32,768, XLA's attention would hold B * H * T^2 float32 scores, 128 GiB a layer at B = 1.
+MIXTRAL = (
+    "Jiang et al. 2024, Mixtral of Experts (arXiv:2401.04088) sec. 2, Table 1; config.json "
+    "and exact tensor count of the released mistralai/Mixtral-8x7B-v0.1"
+)
+
+SIZES = {
+    "tiny": _size(2, 32, 4, 2, mlp=64, vocab=128, seq=16, experts=4),
+    "small": _size(2, 128, 4, 2, mlp=256, vocab=1024, seq=128, experts=8),
+    "8x7b": _size(
+        32, 4096, 32, 8, mlp=14336, vocab=32000, seq=4096, experts=8, max_len=32768,
+        theta=1e6, canonical="Mixtral-8x7B", published_params=46_702_792_704,
+        published_active_params=12_879_925_248, source=MIXTRAL,
+    ),
+}  # fmt: skip
+
+register(ArchSpec(name="moe", family="Mixture of Experts", module=MoE, task="lm", sizes=SIZES))
