@@ -287,6 +287,8 @@ register(
         family="Mamba (selective SSM)",
         module=Mamba,
         task="lm",
+        # the benchmark times either scan (`archbench run --variant scan,assoc`)
+        variants={"scan": {"scan": "scan"}, "assoc": {"scan": "assoc"}},
         sizes={
             "tiny": _size(2, 32, vocab=128, seq=16),
             "small": _size(2, 128, vocab=1024, seq=128),

@@ -121,6 +121,9 @@ class ArchSpec:
     module: type[nn.Module]
     task: str
     sizes: Mapping[str, Size] = field(default_factory=dict)
+    # Implementation variants of the same computation (same parameters, same outputs): a name
+    # maps to the module fields it sets. The module's own defaults are the default variant.
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -133,6 +136,15 @@ class ArchSpec:
             return self.sizes[name]
         except KeyError:
             raise unknown(f"size for {self.name}", name, self.sizes) from None
+
+    def variant(self, name: str | None) -> Mapping[str, Any]:
+        """The module fields of implementation variant `name`; None is the default ({})."""
+        if name is None:
+            return {}
+        if name not in self.variants:
+            valid = ", ".join(self.variants) or "none (it has one implementation)"
+            raise UserError(f"unknown variant {name!r} of {self.name}; valid: {valid}")
+        return self.variants[name]
 
     def build(
         self, size: str, dtype=jnp.float32, param_dtype=jnp.float32, **overrides

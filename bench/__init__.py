@@ -89,6 +89,7 @@ def measure(
     target_s: float = TARGET_S,
     prompt_len: int | None = None,
     gen_len: int | None = None,
+    variant: str | None = None,
 ) -> dict:
     """Measure one benchmark cell, as one cell of `archbench run` does.
 
@@ -107,6 +108,8 @@ def measure(
       mesh: named mesh axes such as "data=2,model=2"; None: the strategy's own.
       target_s: seconds of timed rounds.
       prompt_len, gen_len: the prompt and the tokens to decode, for mode "generate" only.
+      variant: an implementation variant the family declares (`get(arch).variants`, e.g.
+        Mamba's "scan" or "assoc"); None: its default.
     Returns:
       The record the matrix stores in a results file's `extra_info`: step time median and
       IQR, samples/s, FLOPs, memory, compile time, MFU (archbench.engine.outcome.RESULT_KEYS);
@@ -120,7 +123,12 @@ def measure(
     auto = batch == "auto"
     cell = _engine.Cell(arch, size, mode, 1 if auto else batch, dtype, devices, seq_len)
     cell = dataclasses.replace(
-        cell, sharding=sharding, mesh=mesh, prompt_len=prompt_len, gen_len=gen_len
+        cell,
+        sharding=sharding,
+        mesh=mesh,
+        prompt_len=prompt_len,
+        gen_len=gen_len,
+        variant=variant,
     )
     if auto and mode == "generate":
         raise UserError("batch 'auto' is for train and infer; give generate a batch size")

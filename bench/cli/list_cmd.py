@@ -34,6 +34,7 @@ def list_rows(pattern: str = "*") -> list[dict]:
                 "outputs": spec.num_outputs(size),
                 "canonical": s.canonical,
                 "source": s.source or None,
+                "variants": list(spec.variants),  # for --variant
             }
         )
     return rows

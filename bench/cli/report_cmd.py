@@ -102,7 +102,11 @@ def _fmt(value):
 
 
 def text_table(rows: list[dict]) -> str:
-    return format_table([{k: _fmt(r.get(k)) for k in TABLE_COLUMNS} for r in rows], TABLE_COLUMNS)
+    """The flat rows as a terminal table; a "variant" column where any row has one."""
+    columns = list(TABLE_COLUMNS)
+    if any(r.get("variant") for r in rows):
+        columns.insert(columns.index("devices") + 1, "variant")
+    return format_table([{k: _fmt(r.get(k)) for k in columns} for r in rows], columns)
 
 
 # (args attribute, writer(rows, value)) for every flat output; a set attribute selects it.

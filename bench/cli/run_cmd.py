@@ -26,7 +26,7 @@ from archbench.matrix import results, session
 HELP = "run the benchmark matrix"
 RESULTS_DIR = Path("results")
 FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
-FILTERS += ("prompt_len", "gen_len")
+FILTERS += ("prompt_len", "gen_len", "variant")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--gen-len",
         dest="gen_len",
         help="generate: tokens decoded greedily one at a time after the prompt (default: 32)",
+    )
+    f.add_argument(
+        "--variant",
+        help="implementation variants of the same computation, for the families that declare "
+        "them (archbench list --json: variants), e.g. scan,assoc for Mamba (default: each "
+        "family's own)",
     )
     f.add_argument(
         "--sharding",

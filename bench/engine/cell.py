@@ -35,6 +35,7 @@ class Cell:
     mesh: str | None = None  # named mesh axes, "data=2,model=2"; None: the strategy's own
     prompt_len: int | None = None  # generate: tokens of the prompt (prefill)
     gen_len: int | None = None  # generate: tokens decoded one at a time after the prefill
+    variant: str | None = None  # an implementation variant of the family; None: its default
 
     @property
     def id(self) -> str:
@@ -54,6 +55,8 @@ class Cell:
             name += f"-s{self.sharding}"
         if self.mesh is not None:
             name += "-m" + self.mesh.replace("=", "").replace(",", "")
+        if self.variant is not None:
+            name += f"-v{self.variant}"
         return name
 
 
@@ -64,7 +67,8 @@ def from_id(text: str) -> Cell:
     """
     parts = text.strip().split("-")
     form = (
-        "ARCH-SIZE-MODE-bBATCH-DTYPE[-dDEVICES][-tSEQ_LEN][-pPROMPT-gGEN][-sSHARDING][-mMESH], "
+        "ARCH-SIZE-MODE-bBATCH-DTYPE[-dDEVICES][-tSEQ_LEN][-pPROMPT-gGEN][-sSHARDING][-mMESH]"
+        "[-vVARIANT], "
         "e.g. mlp-small-train-b32-float32"
     )
     if len(parts) < 5 or not parts[3].startswith("b"):
@@ -72,11 +76,11 @@ def from_id(text: str) -> Cell:
     fields = {"batch": parts[3][1:]}
     for part in parts[5:]:
         key = {"d": "devices", "t": "seq_len", "s": "sharding", "m": "mesh"}.get(part[:1])
-        key = key or {"p": "prompt_len", "g": "gen_len"}.get(part[:1])
+        key = key or {"p": "prompt_len", "g": "gen_len", "v": "variant"}.get(part[:1])
         if key is None or key in fields:
             raise archs.UserError(f"bad cell {text!r}; expected {form}")
         fields[key] = part[1:]
-    words = {k: fields.pop(k) for k in ("sharding", "mesh") if k in fields}
+    words = {k: fields.pop(k) for k in ("sharding", "mesh", "variant") if k in fields}
     if "mesh" in words:
         words["mesh"] = ",".join(f"{a}={n}" for a, n in re.findall(r"([a-z]+)(\d+)", words["mesh"]))
     try:
@@ -97,6 +101,7 @@ def validate(cell: Cell, devices=None) -> None:
     the devices JAX sees here."""
     spec = archs.get(cell.arch)
     size = spec.size(cell.size)
+    spec.variant(cell.variant)  # an unknown one: UserError naming the family's variants
     if cell.mode not in MODES:
         raise unknown("mode", cell.mode, MODES)
     if cell.dtype not in DTYPES:
@@ -216,9 +221,17 @@ def cell_keys(cell: Cell) -> dict:
         "mesh": ",".join(
             f"{a}={n}" for a, n in mesh_axes(cell.sharding, cell.devices, cell.mesh).items()
         ),
+        "variant": cell.variant,
         "params": params,
         "active_params": active_params,
         "task": spec.task,
         "input": inputs.describe(),
         "tokens_per_example": inputs.tokens_per_example,
     }
+
+
+def build(cell: Cell, **overrides):
+    """The cell's Linen module: its size, compute dtype and implementation variant."""
+    spec = archs.get(cell.arch)
+    fields = {**spec.variant(cell.variant), **overrides}
+    return spec.build(cell.size, dtype=DTYPES[cell.dtype], **fields)

@@ -42,7 +42,7 @@ import numpy as np
 
 from archbench import archs
 from archbench.engine import analysis
-from archbench.engine.cell import DTYPES, Cell, cell_keys, validate
+from archbench.engine.cell import Cell, build, cell_keys, validate
 from archbench.engine.outcome import RESULT_KEYS, failure
 from archbench.engine.peaks import peak_bandwidth, peak_tflops
 
@@ -135,7 +135,7 @@ def prepare(cell: Cell) -> Generation:
     device = jax.devices()[0]
     peak_before = _high_water_mark(device)
     spec = archs.get(cell.arch)
-    module = spec.build(cell.size, dtype=DTYPES[cell.dtype])
+    module = build(cell)
     inputs = spec.size(cell.size).input
     key, prompt_key = jax.random.key(0, impl="rbg"), jax.random.key(1, impl="rbg")
     params = archs.init_variables(module, inputs, key)["params"]

@@ -39,6 +39,7 @@ from archbench.engine.cell import (
     MODES,
     Cell,
     batch_shards,
+    build,
     cell_keys,
     from_id,
     input_spec,
@@ -196,15 +197,13 @@ def _abstract(tree):
 
 
 def _cost_facts(cell: Cell, spec, module, inputs: InputSpec, step_fn, args, lowered, compiled):
-    """FLOPs and bytes of one global step (all devices together).
-
-    A module with an `unroll` field (the recurrent families pass it to lax.scan) is lowered a
-    second time with unroll = sequence length, so every time step is counted; that lowering
-    is analysed before XLA's fusion, so its bytes are an upper bound ("xla-unrolled-prefusion").
-    """
+    """FLOPs and bytes of one global step (all devices together). A module with an `unroll`
+    field (the recurrent families pass it to lax.scan) is lowered again with unroll = sequence
+    length, so every time step is counted; that lowering is analysed before XLA's fusion, so
+    its bytes are an upper bound ("xla-unrolled-prefusion")."""
     length = sequence_length(inputs)
     if "unroll" in {f.name for f in dataclasses.fields(module)} and length is not None:
-        unrolled = spec.build(cell.size, dtype=DTYPES[cell.dtype], unroll=length)
+        unrolled = build(cell, unroll=length)
         state = args[0].replace(apply_fn=unrolled.apply)
         abstract = (_abstract(state), _abstract(args[1]))
         lowered_u = step_fn.lower(*abstract)
@@ -260,7 +259,7 @@ def compile_cell(cell: Cell, devices, abstract: bool = False):
     validate(cell, devices if abstract else None)
     jax.config.update("jax_enable_compilation_cache", False)
     spec = archs.get(cell.arch)
-    module = spec.build(cell.size, dtype=DTYPES[cell.dtype])
+    module = build(cell)
     inputs = input_spec(cell)
     state, batch = _state_and_batch(cell, spec, module, inputs, devices, abstract)
     if cell.mode == "train":

@@ -17,7 +17,7 @@ GENERATE_KEYS = (
 # Every result has exactly these keys, in this order; a failed cell has None for what it lacks.
 RESULT_KEYS = (
     *("cell_id", "arch", "size", "family", "mode", "batch", "dtype", "devices", "seq_len"),
-    *("sharding", "mesh"),
+    *("sharding", "mesh", "variant"),
     *("params", "active_params", "task", "input", "tokens_per_example", "status", "error"),
     "backend",
     *("device_kind", "optimizer", "step_time_s", "step_time_iqr_s", "step_time_min_s"),

@@ -7,7 +7,7 @@ keeps the K-th of N disjoint shards of them, so one matrix can be spread over ar
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import jax
 
@@ -48,6 +48,7 @@ class CellRequest:
     mesh: str | None = None
     prompt_len: int | None = None
     gen_len: int | None = None
+    variant: str | None = None
 
     def cell(self, batch: int | None = None) -> measure.Cell:
         fields = asdict(self)
@@ -168,6 +169,7 @@ def select(
     target=None,
     prompt_len: str | None = None,
     gen_len: str | None = None,
+    variant: str | None = None,
 ) -> list[CellRequest]:
     """The cells a set of filters selects, each value checked before anything runs.
 
@@ -187,6 +189,8 @@ def select(
         (default 64 and 32, where they fit the model's positions). Generation applies to the
         language models with a decode path, on one device under dp, at a given batch; other
         cells of the selection get no generate cell.
+      variant: comma list of implementation variants (`ArchSpec.variants`, e.g. Mamba's scan
+        and assoc); each applies to the families that declare it, the others run as they are.
     Returns:
       CellRequests in a stable order: architecture, size, mode, dtype, devices, sharding,
       batch, seq_len.
@@ -260,6 +264,7 @@ def select(
             f"({', '.join(decode_archs())}) on one device under dp at a given batch; "
             f"none among {', '.join(names)}"
         )
+    requests = _with_variants(requests, variant)
     for r in requests:  # anything measure itself refuses, before anything runs
         unit = measure.batch_shards(r.cell(batch=1)) if r.batch == AUTO else None
         measure.validate(r.cell(batch=unit), target)
@@ -272,3 +277,23 @@ def select(
             )
         requests = requests[k - 1 :: n]
     return requests
+
+
+def _with_variants(requests: list[CellRequest], variant: str | None) -> list[CellRequest]:
+    """Each request once per asked-for variant its family declares (as it is if none)."""
+    if variant is None:
+        return requests
+    asked = list(dict.fromkeys(_values("--variant", variant, "")))
+    declared = {n: list(archs.get(n).variants) for n in archs.names() if archs.get(n).variants}
+    every = sorted({v for vs in declared.values() for v in vs})
+    for v in asked:
+        if v not in every:
+            raise _unknown("variant", v, every)
+    out = []
+    for r in requests:
+        mine = [v for v in asked if v in archs.get(r.arch).variants] or [None]
+        out += [replace(r, variant=v) for v in mine]
+    if all(r.variant is None for r in out):
+        have = "; ".join(f"{n}: {', '.join(vs)}" for n, vs in declared.items())
+        raise UserError(f"--variant {variant}: none of the selected families has it ({have})")
+    return out

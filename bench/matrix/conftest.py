@@ -15,6 +15,7 @@ from archbench.matrix import cells, results, session
 
 FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
 FILTERS += ("prompt_len", "gen_len")  # mode generate
+FILTERS += ("variant",)
 PLUGIN = "archbench-matrix"
 
 
@@ -31,6 +32,7 @@ def pytest_addoption(parser):
         "--prompt-len", dest="prompt_len", help="generate: prompt lengths (default: 64)"
     )
     group.addoption("--gen-len", dest="gen_len", help="generate: tokens decoded (default: 32)")
+    group.addoption("--variant", help="implementation variants, e.g. scan,assoc (Mamba)")
     group.addoption("--sharding", help="strategies: dp, fsdp, tp, fsdp+tp, ep (default: dp)")
     group.addoption("--mesh", help="named mesh axes for every cell, e.g. data=2,model=2")
     group.addoption(

@@ -35,6 +35,7 @@ FLAT_COLUMNS = [
     "seq_len",
     "sharding",
     "mesh",
+    "variant",
     "status",
     "params",
     "flops_per_step",
@@ -56,6 +57,7 @@ FLAT_COLUMNS = [
 ]
 CELL_KEYS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
 CELL_KEYS += ("prompt_len", "gen_len")  # mode generate; None for the others and in old files
+CELL_KEYS += ("variant",)  # None: the family's default implementation
 
 
 def marker(**fields) -> dict:

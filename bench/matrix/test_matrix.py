@@ -25,12 +25,14 @@ def test_cell(
     mesh,
     prompt_len,
     gen_len,
+    variant,
     benchmark,
     matrix_session,
 ):
     request = CellRequest(
-        arch, size, mode, batch, dtype, devices, seq_len, sharding, mesh, prompt_len, gen_len
-    )
+        arch, size, mode, batch, dtype, devices, seq_len, sharding, mesh, prompt_len, gen_len,
+        variant,
+    )  # fmt: skip
     if matrix_session.compile_only:
         info = compile_request(
             benchmark,

@@ -33,6 +33,8 @@ def describe_key(key: tuple) -> str:
         parts.append(f"T={d['seq_len']}")
     if d["sharding"] not in (None, "dp") or "," in (d["mesh"] or ""):
         parts.append(f"{d['sharding']} {d['mesh']}")
+    if d.get("variant"):
+        parts.append(f"variant {d['variant']}")
     return " ".join(parts)
 
 

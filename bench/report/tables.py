@@ -140,7 +140,7 @@ def headline_rows(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     rows = [r for r in rows if r["mode"] in MODES]  # generate cells have a section of their own
     for r in rows:
-        groups[(r["run"], r["arch"], r["size"])].append(r)
+        groups[(r["run"], r["arch"], r["size"], r.get("variant"))].append(r)
     dtype_count = Counter((r["run"], r["dtype"]) for r in rows)
     out = []
     for group in groups.values():
@@ -179,6 +179,8 @@ def config_text(r: dict) -> str:
         parts.append(str(r["sharding"]))
     if r.get("seq_len"):
         parts.append(f"T={r['seq_len']}")
+    if r.get("variant"):
+        parts.append(str(r["variant"]))
     return " ".join(parts)
 
 
@@ -255,14 +257,13 @@ def main_table(rows: list[dict], colors: dict[str, str] | None = None) -> tuple[
     metrics, missing = present_metrics(headline)
     by_cell: dict[tuple, dict] = {}
     for r in headline:
-        by_cell.setdefault((r.get("family") or "", r["arch"], r["size"], r["run_index"]), {})[
-            r["mode"]
-        ] = r
+        key = (r.get("family") or "", r["arch"], r["size"], r["run_index"], r.get("variant"))
+        by_cell.setdefault(key, {})[r["mode"]] = r
     times: dict[tuple, list[float]] = defaultdict(list)  # to mark the fastest of several runs
-    for (_, arch, size, _), cell in by_cell.items():
+    for (_, arch, size, _, variant), cell in by_cell.items():
         for mode, r in cell.items():
             if r["status"] == "ok" and r.get("step_time_s"):
-                times[(arch, size, mode)].append(r["step_time_s"])
+                times[(arch, size, variant, mode)].append(r["step_time_s"])
     best = {k: min(v) for k, v in times.items() if len(v) > 1}
     # Active parameters (those one token uses) get a column when some model has fewer than
     # all its parameters active (a Mixture of Experts); results before the key have none.
@@ -271,7 +272,7 @@ def main_table(rows: list[dict], colors: dict[str, str] | None = None) -> tuple[
     lead += [*(["run"] if several_runs else []), "config"]
     width = len(lead) + len(metrics) * len(modes)
     out_rows, row_cls, family, arch_size = [], [], None, None
-    for (fam, arch, size, _), cell in by_cell.items():
+    for (fam, arch, size, _, variant), cell in by_cell.items():
         if fam != family:
             family = fam
             out_rows.append([Cell(fam, cls="famrow", span=width)])
@@ -297,7 +298,7 @@ def main_table(rows: list[dict], colors: dict[str, str] | None = None) -> tuple[
                 out_row.append(failure_cell(r, len(metrics)))
             else:
                 cells = [fn(r) for _, _, fn in metrics]
-                if several_runs and r["step_time_s"] == best.get((arch, size, mode)):
+                if several_runs and r["step_time_s"] == best.get((arch, size, variant, mode)):
                     cells[0].cls, cells[0].title = "best", "fastest run; median ± IQR"
                 out_row.extend(cells)
         out_rows.append(out_row)
