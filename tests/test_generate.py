@@ -133,16 +133,20 @@ def test_generate_cell_through_the_api():
 def test_generate_cli_run_and_report(tmp_path, capsys):
     out, html = tmp_path / "gen.json", tmp_path / "gen.html"
     argv = ["run", "--arch", "llama", "--size", "tiny", "--mode", "generate"]
-    argv += ["--prompt-len", "8", "--gen-len", "4", "--target-s", "0.05", "--out", str(out)]
+    argv += ["--prompt-len", "4,8", "--gen-len", "4", "--target-s", "0.05", "--out", str(out)]
     assert main(argv) == 0
-    (row,) = results.flat_rows([out])
-    assert row["cell_id"] == "llama-tiny-generate-b32-float32-d1-p8-g4"
-    assert row["status"] == "ok" and row["prefill_s"] > 0 and row["cache_bytes"] > 0
-    (bench,) = results.load_results(out)["benchmarks"]  # whole generations, timed: resumable
-    assert results.is_ok(bench) and bench["stats"]["rounds"] >= generate.MIN_ROUNDS
+    rows = {r["prompt_len"]: r for r in results.flat_rows([out])}
+    assert rows[8]["cell_id"] == "llama-tiny-generate-b32-float32-d1-p8-g4" and len(rows) == 2
+    for row in rows.values():
+        assert row["status"] == "ok" and row["prefill_s"] > 0 and row["cache_bytes"] > 0
+    for bench in results.load_results(out)["benchmarks"]:  # whole generations, timed: resumable
+        assert results.is_ok(bench) and bench["stats"]["rounds"] >= generate.MIN_ROUNDS
     assert main(["report", str(out), "-o", str(html)]) == 0
     text = html.read_text()
     assert "Generation" in text and "TTFT" in text and "tokens/s" in text
+    # two prompt lengths: a plot against the prompt length; one batch: none against the batch
+    assert "Generation vs prompt length" in text and "data:image/svg+xml" in text
+    assert "two or more prompt lengths" not in text and "two or more batch sizes" in text
     assert "train" not in {r["mode"] for r in results.flat_rows([out])}
     capsys.readouterr()
 

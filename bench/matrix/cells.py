@@ -22,13 +22,10 @@ AUTO = "auto"
 # modes, float32 on one device. Batch 32 is one small-batch point common to every task
 # (images, sequences, tokens), so cells compare across families; at 32 the slowest small
 # cells (Transformer train) take about a second a step on two CPU cores. With 1.5 s of timed
-# rounds per cell, the 32 cells of sixteen families took 3 min 40 s on two cores (lowering and
-# compiling included; `make run` on 2026-12-03), well inside the fifteen minutes it may take.
-# Generation (mode "generate") joins it for the language models that decode: a 64-token
-# prompt, then 32 tokens one at a time, at batch 32. The four such cells (gpt, llama, mamba,
-# moe) took 5 to 13 s each, 36 s together, on two cores shared with other jobs (load 5;
-# 2026-12-03, archbench.measure with target_s 1.5, the first one paying for the peak
-# measurements).
+# rounds per cell, the 38 cells of seventeen families took 4 min 2 s on two cores (lowering
+# and compiling included; `make run` on 2026-12-03), well inside the fifteen minutes it may
+# take. Generation (mode "generate") joins it for the language models that decode: a 64-token
+# prompt, then 32 tokens one at a time, at batch 32 (gpt, llama, mamba, moe).
 DEFAULTS = {"size": "small", "mode": "train,infer,generate", "batch": "32", "dtype": "float32"}
 GENERATE_DEFAULTS = {"prompt_len": "64", "gen_len": "32"}
 
