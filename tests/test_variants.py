@@ -55,3 +55,21 @@ def test_run_times_each_variant_as_its_own_cell_and_reports_them(tmp_path, capsy
     assert main(["report", str(out), "--md", str(md)]) == 0
     text = md.read_text()  # the main table: one row per variant, side by side
     assert "b=4 fp32 scan" in text and "b=4 fp32 assoc" in text
+
+
+def test_report_series_keep_variants_apart():
+    """A sweep (here over the batch) of two variants is two lines, not one line whose points
+    mix them; the sharding table's one-device baseline is per variant too."""
+    from archbench.report import plots, strategies
+
+    rows = [
+        {"run": "r", "arch": "mamba", "size": "tiny", "mode": "train", "batch": b,
+         "dtype": "float32", "devices": 1, "seq_len": None, "sharding": "dp", "variant": v,
+         "status": "ok", "step_time_s": t}
+        for v, t in (("scan", 1.0), ("assoc", 2.0)) for b in (8, 16)
+    ]  # fmt: skip
+    series = plots._series(rows, "batch", "step_time_s")
+    assert sorted(pts[0]["variant"] for pts in series.values()) == ["assoc", "scan"]
+    assert all(len({p["variant"] for p in pts}) == 1 for pts in series.values())
+    base = strategies.one_device_times([r for r in rows if r["batch"] == 8])
+    assert sorted(base.values()) == [1.0, 2.0]

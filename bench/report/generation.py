@@ -25,10 +25,11 @@ from archbench.report.plots import (
     log_axis,
     plt,
     render,
+    sweeps,
 )
 from archbench.report.tables import SHORT_DTYPES, Cell, Table, failure_cell, num
 
-KEY = ("run", "arch", "size", "dtype", "batch", "prompt_len", "gen_len")
+KEY = ("run", "arch", "size", "variant", "dtype", "batch", "prompt_len", "gen_len")
 
 
 def generate_rows(rows: list[dict]) -> list[dict]:
@@ -50,7 +51,10 @@ def generation_table(rows: list[dict]) -> Table | None:
     for r in picked:
         head = [
             Cell(r["run"]),
-            Cell(f"{r['arch']}/{r['size']} {SHORT_DTYPES.get(r['dtype'], str(r['dtype']))}"),
+            Cell(
+                f"{r['arch']}/{r['size']} {SHORT_DTYPES.get(r['dtype'], str(r['dtype']))}"
+                + (f" {r['variant']}" if r.get("variant") else "")
+            ),
             num(str(r.get("batch"))),
             num(str(r.get("prompt_len"))),
             num(str(r.get("gen_len"))),
@@ -88,12 +92,7 @@ def _series(rows: list[dict], x_key: str) -> dict[tuple, list[dict]]:
     for r in rows:
         if r.get("status") == "ok" and (r.get(x_key) or 0) > 0 and (r.get("prefill_s") or 0) > 0:
             groups[tuple(r.get(k) for k in KEY if k != x_key)].append(r)
-    out = {}
-    for key, pts in groups.items():
-        pts = sorted({p[x_key]: p for p in pts}.values(), key=lambda p: p[x_key])
-        if len(pts) >= 2:
-            out[key] = pts
-    return out
+    return sweeps(groups, x_key)
 
 
 def generation_plot(rows: list[dict], runs: list[str], x_key: str) -> Figure | Skipped:
@@ -117,6 +116,7 @@ def generation_plot(rows: list[dict], runs: list[str], x_key: str) -> Figure | S
                 label = f"{d['arch']}/{d['size']} " + " ".join(
                     f"{k[0].upper()}{d[k]}" for k in ("batch", "prompt_len", "gen_len") if k in d
                 )
+                label += f" {d['variant']}" if d.get("variant") else ""
                 label += f" · {d['run']}" if len(runs) > 1 else ""
                 slope = growth_exponent(xs, ys)
                 label += rf"   $\propto {symbol}^{{{slope:.2f}}}$" if slope is not None else ""

@@ -242,6 +242,9 @@ def throughput_bars(rows: list[dict], runs: list[str]) -> Figure | Skipped:
 
 # How a series names the configuration that sets it apart: "b=8", "T=128", "×2 dev".
 SHORT = {"batch": "b=", "dtype": "", "devices": "dev=", "seq_len": "T=", "sharding": ""}
+SHORT["variant"] = ""
+# What tells two cells of one architecture, size and mode apart: a series varies one of them.
+SERIES_KEYS = tuple(SHORT)
 
 # x key: (axis label, plural for notes, symbol of the fitted power law)
 SCALING = {
@@ -257,10 +260,16 @@ CELL = ("arch", "size", "mode")
 def _series(rows, x_key, y_key):
     """Rows grouped by everything that identifies a cell except x_key; >= 2 distinct x."""
     groups = defaultdict(list)
-    others = [k for k in (*CELL, "batch", "dtype", "devices", "seq_len", "sharding") if k != x_key]
+    others = [k for k in (*CELL, *SERIES_KEYS) if k != x_key]
     for r in rows:
         if _ok(r, y_key) and isinstance(r.get(x_key), int | float) and r[x_key] > 0:
             groups[(r["run"], *(r.get(k) for k in others))].append(r)
+    return sweeps(groups, x_key)
+
+
+def sweeps(groups: dict[tuple, list[dict]], x_key: str) -> dict[tuple, list[dict]]:
+    """Each group's rows as one series: one point per `x_key` value (the last row given),
+    sorted by it; only the groups with two or more values."""
     out = {}
     for key, pts in groups.items():
         pts = sorted({p[x_key]: p for p in pts}.values(), key=lambda p: p[x_key])
@@ -296,7 +305,7 @@ def scaling_plot(rows, runs, x_key, y_key, name, title, guides=()) -> Figure | S
     if not series:
         return Skipped(name, title, f"no architecture was measured at two or more {plural}")
     modes = [m for m in MODES if any(k[3] == m for k in series)]
-    others = [k for k in ("batch", "dtype", "devices", "seq_len", "sharding") if k != x_key]
+    others = [k for k in SERIES_KEYS if k != x_key]
     varying = [i for i, k in enumerate(others) if len({key[4 + i] for key in series}) > 1]
 
     def identity(key):  # what a series is, whatever the run and mode: its colour
