@@ -6,7 +6,8 @@ Measuring a cell (archbench.engine.cell.Cell):
      persistent compilation cache off and the step's in-process caches evicted, so neither is
      a cache hit; train mode compiles `train.steps.jit_train_step` itself, infer mode `predict`;
   3. read FLOPs and bytes from XLA's cost analysis (recurrent models re-lowered unrolled, as
-     XLA counts a loop body once) and the compiled footprint from its memory analysis;
+     XLA counts a loop body once) and the compiled footprint from its memory analysis
+     (steps 1 to 3: archbench.engine.program);
   4. warm up, calibrate `steps_per_round` so that a round lasts at least `min_round_s`, and
      time rounds of steps, each ending in one `block_until_ready`;
   5. derive step time statistics, samples/s, tokens/s, achieved TFLOP/s and MFU.
@@ -20,7 +21,6 @@ Several devices and hosts: see archbench.engine.devices.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import math
 import time
@@ -29,33 +29,23 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 
-from archbench import archs
-from archbench.archs.registry import InputSpec
-from archbench.engine import analysis, sharding
+from archbench.engine import analysis
 from archbench.engine.cell import (
     DTYPES,
     MODES,
     Cell,
     batch_shards,
-    build,
     cell_keys,
     from_id,
     input_spec,
-    sequence_length,
     validate,
 )
 from archbench.engine.devices import device_info, scaling_efficiency
 from archbench.engine.outcome import RESULT_KEYS, failure, is_oom
 from archbench.engine.peaks import peak_tflops
-from archbench.train.steps import (
-    TrainState,
-    create_train_state,
-    jit_train_step,
-    predict,
-    synthetic_batch,
-)
+from archbench.engine.program import OPTIMIZER, compile_cell
+from archbench.train.steps import TrainState
 
 __all__ = [
     "DTYPES",
@@ -76,10 +66,7 @@ __all__ = [
     "validate",
 ]
 
-OPTIMIZER, LEARNING_RATE = "adamw", 1e-3
 MAX_STEPS_PER_ROUND = 100_000
-
-jit_predict = jax.jit(predict)
 
 
 @dataclass(eq=False)
@@ -139,96 +126,10 @@ class Prepared:
         return self.steps_per_round
 
 
-def _state_and_batch(
-    cell: Cell, spec: archs.ArchSpec, module, inputs: InputSpec, devices, abstract: bool = False
-):
-    """The train state and a batch, each created in place with the cell's sharding strategy.
-
-    The state's shardings come from its shapes alone (jax.eval_shape), and `init` is jitted
-    with them as out_shardings: under fsdp no device ever holds the whole state. With
-    `abstract`, both are jax.ShapeDtypeStructs carrying those shardings: nothing is
-    allocated, so a model larger than this host's memory can still be compiled. Parameters
-    and data are drawn with the "rbg" PRNG, whose programs compile several times faster than
-    threefry's (values do not matter here); the dropout key the train step uses is a
-    default-implementation key, as in the fit loop.
-    Raises:
-      sharding.Unsupported if the strategy has no form for this model.
-    """
-    tx = optax.adamw(LEARNING_RATE) if cell.mode == "train" else optax.identity()
-    placement = sharding.layout(cell.sharding, devices, cell.mesh)
-
-    def init(key):
-        state = create_train_state(module, inputs, tx, key)
-        return state.replace(dropout_key=jax.random.key(2))
-
-    def make_batch(key):
-        return synthetic_batch(inputs, spec.task, spec.num_outputs(cell.size), cell.batch, key)
-
-    key, batch_key = jax.random.key(0, impl="rbg"), jax.random.key(1, impl="rbg")
-    shapes = jax.eval_shape(init, key)
-    shardings = placement.state(shapes)
-    if abstract:
-        place = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
-        batch_shapes = jax.eval_shape(make_batch, batch_key)
-        batch = jax.tree.map(lambda a: place(a, placement.batch), batch_shapes)
-        return jax.tree.map(place, shapes, shardings), batch
-    state = jax.jit(init, out_shardings=shardings)(key)
-    return state, jax.jit(make_batch, out_shardings=placement.batch)(batch_key)
-
-
-def _collective_facts(compiled) -> dict:
-    """The collectives XLA put into the compiled step: totals, and per kind."""
-    found = analysis.collectives(compiled.as_text() or "")
-    return {
-        "collective_count": sum(c["count"] for c in found.values()),
-        "collective_bytes": sum(c["bytes"] for c in found.values()),
-        "collectives": {op: c for op, c in found.items() if c["count"]},
-    }
-
-
 def _high_water_mark(devices) -> int:
     """The device peak where the backend keeps one, else the process's peak RSS."""
     peak = analysis.device_peak_bytes(devices)
     return analysis.host_peak_rss_bytes() if peak is None else peak
-
-
-def _abstract(tree):
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
-
-
-def _cost_facts(cell: Cell, spec, module, inputs: InputSpec, step_fn, args, lowered, compiled):
-    """FLOPs and bytes of one global step (all devices together). A module with an `unroll`
-    field (the recurrent families pass it to lax.scan) is lowered again with unroll = sequence
-    length, so every time step is counted; that lowering is analysed before XLA's fusion, so
-    its bytes are an upper bound ("xla-unrolled-prefusion")."""
-    length = sequence_length(inputs)
-    if "unroll" in {f.name for f in dataclasses.fields(module)} and length is not None:
-        unrolled = build(cell, unroll=length)
-        state = args[0].replace(apply_fn=unrolled.apply)
-        abstract = (_abstract(state), _abstract(args[1]))
-        lowered_u = step_fn.lower(*abstract)
-        stage = lowered_u if lowered_u.cost_analysis() is not None else lowered_u.compile()
-        flops, accessed = analysis.cost(stage)
-        source = "xla-unrolled"
-        bytes_source = "xla-unrolled-prefusion" if stage is lowered_u else "xla-unrolled"
-        loops = analysis.loop_undercount(step_fn.trace(*abstract).jaxpr)
-    else:
-        flops, accessed = analysis.cost(compiled)
-        if cell.devices > 1:
-            # The partitioned executable is one device's program, with the replicated optimizer
-            # update repeated on every device. FLOPs: the unpartitioned step's (the model's
-            # work, the same count as on one device); bytes: every device's traffic.
-            flops = analysis.unpartitioned_flops(lowered, step_fn, args)
-            accessed = None if accessed is None else accessed * cell.devices
-        source, bytes_source = "xla", "xla"
-        loops = analysis.loop_undercount(step_fn.trace(*args).jaxpr)
-    return {
-        "flops_per_step": flops,
-        "bytes_per_step": accessed,
-        # A loop of matmuls is left, its body counted once: the FLOPs are too low.
-        "flops_source": "xla-loop-undercount" if loops else source,
-        "bytes_source": bytes_source,
-    }
 
 
 def prepare(cell: Cell) -> Prepared:
@@ -243,48 +144,6 @@ def prepare(cell: Cell) -> Prepared:
     return Prepared(
         cell, compiled, args[0], args[1], devices, {**facts, "peak_before": peak_before}
     )
-
-
-def compile_cell(cell: Cell, devices, abstract: bool = False):
-    """Lower and compile `cell`'s step on `devices`, timing both; raises on any failure.
-
-    Args:
-      cell: what to compile (validated here).
-      devices: the devices of its mesh.
-      abstract: compile from jax.ShapeDtypeStructs alone, allocating nothing.
-    Returns:
-      (the compiled step, its arguments (state, batch or inputs), facts: lower_s, compile_s,
-      the cost and memory analyses, the batch sharding and the collectives).
-    """
-    validate(cell, devices if abstract else None)
-    jax.config.update("jax_enable_compilation_cache", False)
-    spec = archs.get(cell.arch)
-    module = build(cell)
-    inputs = input_spec(cell)
-    state, batch = _state_and_batch(cell, spec, module, inputs, devices, abstract)
-    if cell.mode == "train":
-        step_fn, args = jit_train_step, (state, batch)
-    else:
-        step_fn, args = jit_predict, (state, batch["x"])
-    # A cached trace or executable of an earlier cell of the same shapes would make lower_s and
-    # compile_s lie: evict this function's caches (not the process's, which other code uses).
-    step_fn.clear_cache()
-    start = time.perf_counter()
-    lowered = step_fn.lower(*args)
-    lowered_at = time.perf_counter()
-    compiled = lowered.compile()
-    compiled_at = time.perf_counter()
-    facts = {
-        "lower_s": lowered_at - start,
-        "compile_s": compiled_at - lowered_at,
-        "compile_cache": "disabled",
-        **_cost_facts(cell, spec, module, inputs, step_fn, args, lowered, compiled),
-        **analysis.compiled_memory(compiled),
-        "batch_sharding": str(jax.tree.leaves(args[1])[0].sharding.spec),
-        "batch_per_device": cell.batch // batch_shards(cell),
-        **_collective_facts(compiled),
-    }
-    return compiled, args, facts
 
 
 def time_rounds(
