@@ -2,7 +2,10 @@
 
 A recurrent layer computes the input projection of every step with one matmul,
 (B, T, F) @ (F, G*H), before the scan (per step when F = 1, see `RecurrentLayer.scan`); the
-scan then carries only the recurrent part h @ U.
+scan then carries only the recurrent part h @ U. The "fused" variant (field `fused`) instead
+does both projections in the step, one matmul of [x_t, h] against [W; U] (the same
+parameters, stacked): no (T, B, G*H) projection is materialised between the two. Which is
+faster depends on the backend and the sizes.
 Every module has an `unroll` field passed to `jax.lax.scan`: XLA's cost analysis counts a
 scan body once, so the benchmark builds the module with unroll=T to count FLOPs of all steps.
 """
@@ -22,6 +25,14 @@ TINY = InputSpec("sequence", (8, 4))
 DEFAULT_KERNEL_INIT = nn.initializers.glorot_uniform()
 DEFAULT_RECURRENT_INIT = nn.initializers.orthogonal()
 READOUTS = ("last", "flatten")
+# The implementation variants every recurrent family declares (`archbench run --variant`):
+# where the input projection happens, and how many steps lax.scan unrolls into one loop
+# iteration (the benchmark counts FLOPs with unroll = T whichever is timed).
+VARIANTS = {
+    "hoisted": {},
+    "fused": {"fused": True},
+    **{f"unroll{n}": {"unroll": n} for n in (2, 4, 8)},
+}
 
 
 class RecurrentLayer(nn.Module):
@@ -30,6 +41,7 @@ class RecurrentLayer(nn.Module):
     hidden: int
     reverse: bool = False
     unroll: int = 1
+    fused: bool = False  # [x_t, h] @ [W; U] in each step instead of x W hoisted out of the scan
     kernel_init: Callable = DEFAULT_KERNEL_INIT
     recurrent_init: Callable = DEFAULT_RECURRENT_INIT
     dtype: jnp.dtype = jnp.float32
@@ -48,42 +60,53 @@ class RecurrentLayer(nn.Module):
     def zeros(self, batch: int) -> jax.Array:
         return jnp.zeros((batch, self.hidden), self.dtype)
 
-    def scan(
-        self,
-        step: Callable,
-        carry: Any,
-        x: jax.Array,
-        gates: int,
-        bias_init: Callable = nn.initializers.zeros,
-    ) -> jax.Array:
-        """Run `step(carry, xw_t) -> (carry, h_t)` over the steps of x, xw_t = x_t W + b.
+    def input_kernel(
+        self, features: int, gates: int, bias_init: Callable = nn.initializers.zeros
+    ) -> tuple[jax.Array, jax.Array]:
+        """W, (F, gates*H), and b, (gates*H,), in the compute dtype."""
+        shape = (features, gates * self.hidden)
+        w = self.param("kernel", self.kernel_init, shape, self.param_dtype).astype(self.dtype)
+        b = self.param("bias", bias_init, shape[1:], self.param_dtype).astype(self.dtype)
+        return w, b
 
-        Creates the input kernel W (F, gates*H) and bias b (gates*H,). W is applied to every
-        step in one matmul before the scan; the bias is added inside the step, because XLA would
-        otherwise fuse the elementwise add into each unrolled step and its cost analysis would
-        count the whole (T, B, gates*H) add once per step. With F = 1 the projection is an outer
-        product, elementwise for XLA, so it is done per step for the same reason (same FLOPs).
+    def mix(self, w: jax.Array, b: jax.Array, u: jax.Array) -> Callable:
+        """`f(inp_t, h) -> x_t W + b + h U`, (B, columns of U), for the step's input `inp_t`
+        (see `scan`). Fused, W and U are stacked once, outside the scan (loop-invariant), and
+        the step does one matmul of [x_t, h] against them; the same FLOPs as hoisted."""
+        if not self.fused:
+            return lambda xw_t, h: xw_t + h @ u
+        wu = jnp.concatenate([w, u], axis=0)  # (F + H, columns)
+        return lambda x_t, h: jnp.concatenate([x_t, h], axis=-1) @ wu + b
+
+    def scan(self, step: Callable, carry: Any, x: jax.Array, w: jax.Array, b: jax.Array):
+        """Run `step(carry, inp_t) -> (carry, h_t)` over the steps of x.
+
+        Hoisted (the default), inp_t = x_t W + b: W is applied to every step in one matmul
+        before the scan; the bias is added inside the step, because XLA would otherwise fuse
+        the elementwise add into each unrolled step and its cost analysis would count the
+        whole (T, B, gates*H) add once per step. With F = 1 the projection is an outer
+        product, elementwise for XLA, so it is done per step for the same reason (same
+        FLOPs). Fused, inp_t = x_t, (B, F): the step projects it itself (`mix`).
 
         Args:
-          step: the cell; `xw_t` is (B, gates*H).
+          step: the cell.
           carry: the initial state (a pytree of (B, H) arrays).
           x: the inputs, (B, T, F).
-          gates: blocks of H columns in W and U.
-          bias_init: initializer of b.
+          w: the input kernel, (F, gates*H); b: its bias, (gates*H,).
         Returns:
           The hidden states of every step, (B, T, H), aligned with x also when reversed.
         """
         features = x.shape[-1]
-        shape = (features, gates * self.hidden)
-        w = self.param("kernel", self.kernel_init, shape, self.param_dtype).astype(self.dtype)
-        b = self.param("bias", bias_init, shape[1:], self.param_dtype).astype(self.dtype)
         xs = jnp.swapaxes(x, 0, 1)  # (T, B, F)
-        if features > 1:
-            xs = xs @ w  # (T, B, G*H): the input projection of every step in one matmul
+        if self.fused:
+            body = step
+        else:
+            if features > 1:
+                xs = xs @ w  # (T, B, G*H): the input projection of every step in one matmul
 
-        def body(carry, x_t):
-            xw_t = (x_t * w[0] if features == 1 else x_t) + b  # (B, G*H)
-            return step(carry, xw_t)
+            def body(carry, x_t):
+                xw_t = (x_t * w[0] if features == 1 else x_t) + b  # (B, G*H)
+                return step(carry, xw_t)
 
         _, hs = jax.lax.scan(body, carry, xs, unroll=self.unroll, reverse=self.reverse)
         return jnp.swapaxes(hs, 0, 1)  # (B, T, H)
@@ -104,6 +127,7 @@ class RecurrentClassifier(nn.Module):
     bidirectional: bool = False
     readout: str = "last"
     unroll: int = 1
+    fused: bool = False  # each layer's `fused`: the implementation variant "fused"
     kernel_init: Callable = DEFAULT_KERNEL_INIT
     recurrent_init: Callable = DEFAULT_RECURRENT_INIT
     dtype: jnp.dtype = jnp.float32
@@ -118,6 +142,7 @@ class RecurrentClassifier(nn.Module):
             width,
             reverse=reverse,
             unroll=self.unroll,
+            fused=self.fused,
             kernel_init=self.kernel_init,
             recurrent_init=self.recurrent_init,
             dtype=self.dtype,

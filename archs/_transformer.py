@@ -1,13 +1,23 @@
 """Blocks shared by the Transformer families: attention, MLP, the residual layer, positions.
 
-Attention weights go through `jax.nn.dot_product_attention`, which computes the logits and
-the softmax in float32 whatever the compute dtype. Its `implementation=None` is XLA's
-attention today; `attention_impl="cudnn"` asks for cuDNN flash attention on a GPU (bf16 or
-fp16 compute only). The fused kernels have no dropout on the attention weights, so these
-blocks apply dropout to sub-layer outputs and embeddings only ("residual dropout",
-Vaswani et al. 2017 sec. 5.4).
+Every attention layer (these blocks', and Llama's and MoE's grouped-query attention) calls
+`attention`, whose `implementation` is the module field `attention_impl`, and each family
+declares the choices as implementation variants (`ATTENTION_VARIANTS`, `--variant`):
+
+- None, the default: `jax.nn.dot_product_attention` picks (XLA's attention in jax 0.12);
+- "xla": `jax.nn.dot_product_attention(implementation="xla")`;
+- "cudnn": cuDNN's fused flash attention, on an NVIDIA GPU computing in bfloat16 or float16
+  only; elsewhere the cell is "unsupported" (`Unsupported` at trace time), not an error;
+- "einsum": `einsum_attention`, the computation written out as einsums and a softmax, with
+  nothing fused by hand: the baseline the library paths are measured against.
+
+All of them compute the logits and the softmax in float32 whatever the compute dtype, and
+none has dropout on the attention weights (the fused kernels have none), so these blocks
+apply dropout to sub-layer outputs and embeddings only ("residual dropout", Vaswani et al.
+2017 sec. 5.4).
 """
 
+import math
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -15,7 +25,86 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from archbench.archs.registry import Unsupported
+
 Initializer = Callable[..., jax.Array]
+
+ATTENTION_IMPLS = ("xla", "cudnn", "einsum")
+# The Transformer families' implementation variants (ArchSpec.variants): the same parameters
+# and outputs, attention computed another way. None, JAX's choice, is the default variant.
+ATTENTION_VARIANTS = {impl: {"attention_impl": impl} for impl in ATTENTION_IMPLS}
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    causal: bool = False,
+    mask: jax.Array | None = None,
+    implementation: str | None = None,
+) -> jax.Array:
+    """softmax(q k^T / sqrt(Dh), masked) v for every query head, by `implementation`.
+
+    Args:
+      q: (B, T, H, Dh) queries; k, v: (B, S, K, Dh) keys and values. K divides H: query head
+        n reads key/value head n // (H / K) (grouped-query attention; K = H is multi-head).
+      causal: query t sees keys 0 .. t only.
+      mask: boolean, (B or 1, H or 1, T, S): True where a query may see a key.
+      implementation: None (JAX chooses), or one of ATTENTION_IMPLS.
+    Returns:
+      (B, T, H, Dh) in v's dtype.
+    Raises:
+      Unsupported: "cudnn" on a backend other than a GPU, or computing in float32.
+    """
+    if implementation not in (None, *ATTENTION_IMPLS):
+        raise ValueError(f"attention_impl {implementation!r} not in (None, {ATTENTION_IMPLS})")
+    if implementation == "einsum":
+        return einsum_attention(q, k, v, causal=causal, mask=mask)
+    if implementation == "cudnn":
+        backend = jax.default_backend()
+        if backend != "gpu":
+            raise Unsupported(f"cudnn attention needs an NVIDIA GPU; this backend is {backend}")
+        if q.dtype not in (jnp.bfloat16, jnp.float16):
+            raise Unsupported(f"cudnn attention computes in bfloat16 or float16, not {q.dtype}")
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=causal, implementation=implementation
+    )
+
+
+def einsum_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    causal: bool = False,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """Attention written out (arguments as for `attention`): the logits q k^T by einsum,
+    accumulated in float32, times 1/sqrt(Dh); masked positions set to float32's lowest value;
+    the softmax in float32; the weights, cast to v's dtype, times v by einsum. It holds the
+    (B, H, T, S) logits in memory, as XLA's path does."""
+    batch, length, heads, head_dim = q.shape
+    kv_heads, source = k.shape[2], k.shape[1]
+    group = heads // kv_heads
+    # Query head n = kv * group + g: the (H,) axis splits into (K, G), kv head major.
+    q = q.reshape(batch, length, kv_heads, group, head_dim)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    logits = logits * np.float32(1.0 / math.sqrt(head_dim))  # (B, K, G, T, S)
+    visible = None
+    if causal:
+        visible = jnp.tril(jnp.ones((length, source), bool))  # (T, S): key s <= query t
+    if mask is not None:
+        if mask.shape[1] == 1:  # one mask for every head
+            mask = mask[:, :, None]  # (B, 1, 1, T, S)
+        else:
+            mask = mask.reshape(mask.shape[0], kv_heads, group, *mask.shape[2:])
+        visible = mask if visible is None else jnp.logical_and(visible, mask)
+    if visible is not None:
+        logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # (B, K, G, T, S)
+    y = jnp.einsum("bkgts,bskd->btkgd", weights, v)
+    return y.reshape(batch, length, heads, head_dim)  # (B, T, H, Dh)
 
 
 class MultiHeadAttention(nn.Module):
@@ -25,7 +114,7 @@ class MultiHeadAttention(nn.Module):
     use_bias: bool = True
     kernel_init: Initializer = nn.initializers.xavier_uniform()
     out_init: Initializer | None = None  # output projection; kernel_init if None
-    attention_impl: str | None = None  # None (XLA) or "cudnn"
+    attention_impl: str | None = None  # None (JAX chooses) or one of ATTENTION_IMPLS
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -61,11 +150,10 @@ class MultiHeadAttention(nn.Module):
         cached = update_kv_cache(self, k, v, *decode_position(self, x.shape[1])) if decode else None
         if cached is not None:
             k, v, mask = cached  # the whole cache (B, S_cache, H, Dh) and (1, 1, T, S_cache)
-            y = jax.nn.dot_product_attention(q, k, v, mask=mask)
+            y = attention(q, k, v, mask=mask, implementation=self.attention_impl)
         else:
-            y = jax.nn.dot_product_attention(
-                q, k, v, is_causal=causal, implementation=self.attention_impl
-            )  # (B, T, H, Dh)
+            y = attention(q, k, v, causal=causal, implementation=self.attention_impl)
+        # y: (B, T, H, Dh)
         return nn.DenseGeneral(
             width,
             axis=(-2, -1),
@@ -123,10 +211,12 @@ class Block(nn.Module):
         self,
         x: jax.Array,
         context: jax.Array | None = None,
-        *,
         train: bool = False,
         decode: bool = False,
     ) -> jax.Array:
+        """`train` and `decode` may be passed positionally (arguments 3 and 4), as a
+        rematerialised block needs them (archbench.archs._remat)."""
+
         def residual(x: jax.Array, f: Callable, name: str) -> jax.Array:
             norm = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name=f"ln_{name}")
             h = f(norm(x) if self.pre_norm else x)

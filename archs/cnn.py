@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.archs._conv import VARIANTS, conv_class
 from archbench.archs.registry import IMAGE_28, MNIST1D, ArchSpec, Size, register
 
 
@@ -24,6 +25,7 @@ class CNN(nn.Module):
     hidden: Sequence[int] = (256,)  # dense layers before the classes
     num_classes: int = 10
     act: Callable = nn.relu
+    conv_impl: str = "xla"  # how convolutions are computed (archbench.archs._conv)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -33,7 +35,7 @@ class CNN(nn.Module):
         pad = self.padding if isinstance(self.padding, str) else [(self.padding,) * 2] * dims
         dense = lambda n: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype)  # noqa: E731
         for width, k in zip(self.features, self.kernels, strict=True):
-            x = nn.Conv(
+            x = conv_class(self.conv_impl)(
                 width,
                 (k,) * dims,
                 strides=self.strides,
@@ -86,6 +88,7 @@ register(
         family="CNN",
         module=CNN,
         task="classify",
+        variants=VARIANTS,
         sizes={
             "tiny": Size({"features": (4, 8), "hidden": (16,)}, IMAGE_28),
             "small": TUTORIAL,

@@ -7,7 +7,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs._transformer import Block, decode_position, layer_norm, learned_positions
+from archbench.archs import _remat
+from archbench.archs._transformer import (
+    ATTENTION_VARIANTS,
+    Block,
+    decode_position,
+    layer_norm,
+    learned_positions,
+)
 from archbench.archs.registry import ArchSpec, InputSpec, Size, register
 
 
@@ -22,7 +29,8 @@ class GPT(nn.Module):
     max_len: int  # learned positions (the context length)
     dropout: float = 0.0
     layer_norm_eps: float = 1e-5  # GPT-2's value; statistics are reduced in float32
-    attention_impl: str | None = None  # None (XLA) or "cudnn"
+    attention_impl: str | None = None  # None (JAX chooses) or _transformer.ATTENTION_IMPLS
+    remat: str = "none"  # each block's rematerialisation policy (archbench.archs._remat)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -47,8 +55,9 @@ class GPT(nn.Module):
             x.shape[1], self.max_len, self.width, normal(0.01), self.dtype, self.param_dtype, start
         )
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        block = _remat.block(Block, self.remat, static_argnums=(3, 4))  # train, decode
         for i in range(self.num_layers):
-            h = Block(
+            h = block(
                 self.num_heads,
                 self.mlp_dim,
                 pre_norm=True,
@@ -63,7 +72,7 @@ class GPT(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=f"block_{i}",
-            )(h, train=train, decode=decode)  # (B, T, D)
+            )(h, None, train, decode)  # (B, T, D)
         h = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, "ln_final")(h)
         return token_embed.attend(h)  # (B, T, V), the token embedding as output projection
 
@@ -86,6 +95,7 @@ register(
         name="gpt",
         family="Transformer decoder",
         module=GPT,
+        variants=ATTENTION_VARIANTS,
         task="lm",
         sizes={
             "tiny": _size(2, 32, 2, vocab=128, max_len=16, seq=16),

@@ -7,7 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs._transformer import Block, sinusoidal_positions
+from archbench.archs import _remat
+from archbench.archs._transformer import ATTENTION_VARIANTS, Block, sinusoidal_positions
 from archbench.archs.registry import ArchSpec, InputSpec, Size, register
 
 
@@ -22,7 +23,8 @@ class Transformer(nn.Module):
     mlp_dim: int  # d_ff
     dropout: float = 0.0  # P_drop: sub-layer outputs and embedding sums (sec. 5.4)
     layer_norm_eps: float = 1e-6
-    attention_impl: str | None = None  # None (XLA) or "cudnn"
+    attention_impl: str | None = None  # None (JAX chooses) or _transformer.ATTENTION_IMPLS
+    remat: str = "none"  # each block's rematerialisation policy (archbench.archs._remat)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -37,7 +39,7 @@ class Transformer(nn.Module):
             param_dtype=self.param_dtype,
         )
         block = partial(
-            Block,
+            _remat.block(Block, self.remat, static_argnums=(3,)),  # train
             self.num_heads,
             self.mlp_dim,
             dropout=self.dropout,
@@ -61,14 +63,14 @@ class Transformer(nn.Module):
         """The encoder's output (B, S, D) for source tokens (B, S)."""
         h = self._embed(src, train)
         for block in self.encoder:
-            h = block(h, train=train)
+            h = block(h, None, train)
         return h
 
     def decode(self, tgt: jax.Array, memory: jax.Array, *, train: bool = False) -> jax.Array:
         """Next-token logits (B, T, V) for decoder inputs (B, T) attending to `memory`."""
         h = self._embed(tgt, train)
         for block in self.decoder:
-            h = block(h, memory, train=train)  # causal self-attention, then cross-attention
+            h = block(h, memory, train)  # causal self-attention, then cross-attention
         return self.embed.attend(h)  # (B, T, V)
 
     def __call__(self, x: dict, *, train: bool = False) -> jax.Array:
@@ -97,6 +99,7 @@ register(
         name="transformer",
         family="Transformer encoder-decoder",
         module=Transformer,
+        variants=ATTENTION_VARIANTS,
         task="seq2seq",
         sizes={
             "tiny": _size(1, 32, 2, 64, vocab=64, src_tgt=(16, 16)),

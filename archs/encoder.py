@@ -6,7 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs._transformer import Block, layer_norm, learned_positions
+from archbench.archs import _remat
+from archbench.archs._transformer import ATTENTION_VARIANTS, Block, layer_norm, learned_positions
 from archbench.archs.registry import ROWS_28, ArchSpec, InputSpec, Size, register
 
 
@@ -23,7 +24,8 @@ class Encoder(nn.Module):
     num_classes: int = 2
     dropout: float = 0.0
     layer_norm_eps: float = 1e-12  # BERT's value; statistics are reduced in float32
-    attention_impl: str | None = None  # None (XLA) or "cudnn"
+    attention_impl: str | None = None  # None (JAX chooses) or _transformer.ATTENTION_IMPLS
+    remat: str = "none"  # each block's rematerialisation policy (archbench.archs._remat)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -48,8 +50,9 @@ class Encoder(nn.Module):
             # A single segment: every token has type 0, as in single-sentence classification.
             h = h + embed(self.num_token_types, name="type_embed")(jnp.zeros((1,), jnp.int32))
         h = drop(layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, "ln_embed")(h))
+        block = _remat.block(Block, self.remat, static_argnums=(3,))  # train
         for i in range(self.num_layers):
-            h = Block(
+            h = block(
                 self.num_heads,
                 self.mlp_dim,
                 dropout=self.dropout,
@@ -60,7 +63,7 @@ class Encoder(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=f"block_{i}",
-            )(h, train=train)  # (B, T, D)
+            )(h, None, train)  # (B, T, D)
         pooled = nn.tanh(dense(self.width, name="pooler")(h[:, 0]))  # (B, D) from the first token
         return dense(self.num_classes, name="classifier")(drop(pooled))  # (B, C)
 
@@ -86,6 +89,7 @@ register(
         name="encoder",
         family="Transformer encoder",
         module=Encoder,
+        variants=ATTENTION_VARIANTS,
         task="classify",
         sizes={
             "tiny": _size(2, 32, 2, 64, vocab=128, max_len=16, seq=16),

@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs._recurrent import TINY, RecurrentClassifier, RecurrentLayer
+from archbench.archs._recurrent import TINY, VARIANTS, RecurrentClassifier, RecurrentLayer
 from archbench.archs.registry import MNIST1D, ROWS_28, ArchSpec, Size, register
 
 
@@ -25,8 +25,9 @@ class GRULayer(RecurrentLayer):
         c = self.param(
             "recurrent_bias", nn.initializers.zeros, (3 * self.hidden,), self.param_dtype
         ).astype(self.dtype)  # (3H,)
+        w, b = self.input_kernel(x.shape[-1], 3)
 
-        def step(h, xw_t):  # xw_t = W x_t + b, (B, 3H)
+        def hoisted(h, xw_t):  # xw_t = W x_t + b, (B, 3H)
             x_r, x_z, x_n = jnp.split(xw_t, 3, axis=-1)  # (B, H) each
             h_r, h_z, h_n = jnp.split(h @ u + c, 3, axis=-1)  # (B, H) each
             r = nn.sigmoid(x_r + h_r)
@@ -35,7 +36,22 @@ class GRULayer(RecurrentLayer):
             h = (1 - z) * n + z * h
             return h, h
 
-        return self.scan(step, self.zeros(x.shape[0]), x, gates=3)  # (B, T, H)
+        zeros = self.zeros(x.shape[0])
+        if not self.fused:
+            return self.scan(hoisted, zeros, x, w, b)  # (B, T, H)
+
+        # Fused, r and z take one matmul of [x_t, h] against [W; U] (their 2H columns); n
+        # keeps W_n x_t and U_n h apart, as the reset gate multiplies only the second.
+        two = 2 * self.hidden
+        mix_rz = self.mix(w[:, :two], b[:two], u[:, :two])
+
+        def fused(h, x_t):  # x_t, (B, F)
+            r, z = jnp.split(nn.sigmoid(mix_rz(x_t, h) + c[:two]), 2, axis=-1)  # (B, H) each
+            n = jnp.tanh(x_t @ w[:, two:] + b[two:] + r * (h @ u[:, two:] + c[two:]))
+            h = (1 - z) * n + z * h
+            return h, h
+
+        return self.scan(fused, zeros, x, w, b)  # (B, T, H)
 
 
 class GRU(RecurrentClassifier):
@@ -50,6 +66,7 @@ register(
         family="GRU",
         module=GRU,
         task="classify",
+        variants=VARIANTS,
         sizes={
             "tiny": Size({"hidden": (16,)}, TINY),
             # 3 x (28*128 + 128*128 + 2*128) + 128*10 + 10 = 61,962 parameters.

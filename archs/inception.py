@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.archs import _conv
 from archbench.archs.registry import CIFAR, IMAGENET, ArchSpec, InputSpec, Size, register
 
 # One Inception module as the columns of Table 1:
@@ -34,12 +35,13 @@ class ConvReLU(nn.Module):
     kernel_size: tuple[int, int]
     strides: int = 1
     act: Callable = nn.relu
+    conv_impl: str = "xla"  # how the convolution is computed (archbench.archs._conv)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = nn.Conv(
+        conv = _conv.conv_class(self.conv_impl)(
             self.features,
             self.kernel_size,
             self.strides,
@@ -80,12 +82,15 @@ class GoogLeNet(nn.Module):
     stem_widths: tuple[int, int, int] = (64, 64, 192)  # conv 7x7/2; conv 3x3 reduce, 3x3
     num_classes: int = 1000
     dropout: float = 0.4
+    conv_impl: str = "xla"  # how convolutions are computed (archbench.archs._conv)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        conv = partial(ConvReLU, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = partial(
+            ConvReLU, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype
+        )
         pool = partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2), padding="SAME")
         c1, r2, c2 = self.stem_widths
         x = conv(c1, (7, 7), 2)(x)  # (B, 112, 112, 64) at 224x224
@@ -116,6 +121,7 @@ register(
         family="Inception",
         module=GoogLeNet,
         task="classify",
+        variants=_conv.VARIANTS,
         sizes={
             "tiny": Size(
                 {

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.archs._conv import VARIANTS, conv_class
 from archbench.archs.registry import ArchSpec, InputSpec, Size, register
 
 
@@ -19,13 +20,14 @@ class LeNet5(nn.Module):
     num_classes: int = 10
     widths: tuple[int, int, int, int] = (6, 16, 120, 84)  # C1, C3, C5, F6
     act: Callable = nn.tanh
+    conv_impl: str = "xla"  # how convolutions are computed (archbench.archs._conv)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         c1, c3, c5, f6 = self.widths
-        conv = lambda n: nn.Conv(  # noqa: E731
+        conv = lambda n: conv_class(self.conv_impl)(  # noqa: E731
             n, (5, 5), padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype
         )
         x = self.act(conv(c1)(x))  # (B, 28, 28, 6) on 32x32 input
@@ -46,6 +48,7 @@ register(
         family="LeNet-5",
         module=LeNet5,
         task="classify",
+        variants=VARIANTS,
         sizes={
             "tiny": Size({"widths": (2, 4, 8, 8)}, IMAGE_32),
             "small": Size({}, IMAGE_32, canonical="LeNet-5", published_params=61_706),

@@ -15,7 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from archbench.archs._transformer import decode_position, update_kv_cache
+from archbench.archs import _remat
+from archbench.archs._transformer import (
+    ATTENTION_VARIANTS,
+    attention,
+    decode_position,
+    update_kv_cache,
+)
 from archbench.archs.registry import ArchSpec, InputSpec, Size, register
 
 Initializer = Callable[..., jax.Array]
@@ -72,8 +78,8 @@ class GroupedQueryAttention(nn.Module):
 
     Each of the `num_kv_heads` key/value heads serves num_heads // num_kv_heads consecutive
     query heads (Ainslie et al. 2023): query head n reads key/value head n // group, which is
-    how jax.nn.dot_product_attention groups them. num_kv_heads = num_heads is multi-head
-    attention, 1 is multi-query attention.
+    how jax.nn.dot_product_attention groups them (and _transformer.attention, whichever
+    implementation). num_kv_heads = num_heads is multi-head attention, 1 is multi-query.
     """
 
     num_heads: int
@@ -81,7 +87,7 @@ class GroupedQueryAttention(nn.Module):
     max_len: int  # the positions the rotary tables cover
     rope_base: float = 10_000.0
     kernel_init: Initializer = INIT
-    attention_impl: str | None = None  # None (XLA) or "cudnn"
+    attention_impl: str | None = None  # None (JAX chooses) or _transformer.ATTENTION_IMPLS
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -121,11 +127,10 @@ class GroupedQueryAttention(nn.Module):
         cached = update_kv_cache(self, k, v, start, ready) if decode else None
         if cached is not None:
             k, v, mask = cached  # the whole cache (B, S, K, Dh) each, mask (1, 1, T, S)
-            y = jax.nn.dot_product_attention(q, k, v, mask=mask)  # (B, T, H, Dh)
+            y = attention(q, k, v, mask=mask, implementation=self.attention_impl)
         else:
-            y = jax.nn.dot_product_attention(
-                q, k, v, is_causal=True, implementation=self.attention_impl
-            )  # (B, T, H, Dh)
+            y = attention(q, k, v, causal=True, implementation=self.attention_impl)
+        # y: (B, T, H, Dh)
         return nn.DenseGeneral(
             width,
             axis=(-2, -1),
@@ -180,7 +185,9 @@ class LlamaBlock(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False, decode: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, decode: bool = False) -> jax.Array:
+        """`train` and `decode` may be passed positionally, as a rematerialised block needs."""
+
         def norm(name: str) -> RMSNorm:
             return RMSNorm(self.norm_eps, self.dtype, self.param_dtype, name=name)
 
@@ -219,7 +226,8 @@ class Llama(nn.Module):
     rope_base: float = 10_000.0  # theta
     norm_eps: float = 1e-5
     mlp: Callable[..., nn.Module] = SwiGLU  # each block's feed-forward layer
-    attention_impl: str | None = None  # None (XLA) or "cudnn"
+    attention_impl: str | None = None  # None (JAX chooses) or _transformer.ATTENTION_IMPLS
+    remat: str = "none"  # each block's rematerialisation policy (archbench.archs._remat)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -235,8 +243,9 @@ class Llama(nn.Module):
             param_dtype=self.param_dtype,
             name="token_embed",
         )(x)  # (B, T, D)
+        block = _remat.block(LlamaBlock, self.remat, static_argnums=(2, 3))  # train, decode
         for i in range(self.num_layers):
-            h = LlamaBlock(
+            h = block(
                 self.num_heads,
                 self.num_kv_heads,
                 self.mlp_dim,
@@ -248,7 +257,7 @@ class Llama(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=f"block_{i}",
-            )(h, train=train, decode=decode)  # (B, T, D)
+            )(h, train, decode)  # (B, T, D)
         h = RMSNorm(self.norm_eps, self.dtype, self.param_dtype, name="norm_final")(h)
         return nn.Dense(
             self.vocab_size,
@@ -309,4 +318,13 @@ SIZES = {
     ),
 }  # fmt: skip
 
-register(ArchSpec(name="llama", family="Llama decoder", module=Llama, task="lm", sizes=SIZES))
+register(
+    ArchSpec(
+        name="llama",
+        family="Llama decoder",
+        module=Llama,
+        task="lm",
+        sizes=SIZES,
+        variants=ATTENTION_VARIANTS,
+    )
+)

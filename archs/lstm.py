@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs._recurrent import TINY, RecurrentClassifier, RecurrentLayer
+from archbench.archs._recurrent import TINY, VARIANTS, RecurrentClassifier, RecurrentLayer
 from archbench.archs.registry import MNIST1D, ROWS_28, ArchSpec, Size, register
 
 
@@ -25,16 +25,18 @@ class LSTMLayer(RecurrentLayer):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         u = self.recurrent_kernel(4)  # (H, 4H)
+        w, b = self.input_kernel(x.shape[-1], 4, forget_bias_init)
+        mix = self.mix(w, b, u)
 
-        def step(carry, xw_t):  # xw_t = W x_t + b, (B, 4H)
+        def step(carry, inp_t):  # inp_t: W x_t + b, (B, 4H), or x_t when fused
             c, h = carry  # (B, H) each
-            i, f, g, o = jnp.split(xw_t + h @ u, 4, axis=-1)  # (B, H) each
+            i, f, g, o = jnp.split(mix(inp_t, h), 4, axis=-1)  # (B, H) each
             c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
             h = nn.sigmoid(o) * jnp.tanh(c)
             return (c, h), h
 
         zeros = self.zeros(x.shape[0])
-        return self.scan(step, (zeros, zeros), x, gates=4, bias_init=forget_bias_init)
+        return self.scan(step, (zeros, zeros), x, w, b)  # (B, T, H)
 
 
 class LSTM(RecurrentClassifier):
@@ -49,6 +51,7 @@ register(
         family="LSTM",
         module=LSTM,
         task="classify",
+        variants=VARIANTS,
         sizes={
             "tiny": Size({"hidden": (16,)}, TINY),
             # 4 x (28*128 + 128*128 + 128) + 128*10 + 10 = 81,674 parameters.

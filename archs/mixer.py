@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.archs import _remat
 from archbench.archs._transformer import Mlp, layer_norm
 from archbench.archs.registry import CIFAR, IMAGE_28, IMAGENET, ArchSpec, Size, register
 from archbench.archs.vit import embed_patches
@@ -57,6 +58,7 @@ class MLPMixer(nn.Module):
     channels_mlp_dim: int  # D_C
     num_classes: int = 1000
     layer_norm_eps: float = 1e-6
+    remat: str = "none"  # each block's rematerialisation policy (archbench.archs._remat)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -65,8 +67,9 @@ class MLPMixer(nn.Module):
         h = embed_patches(
             x, self.patch_size, self.hidden_dim, self.dtype, self.param_dtype, "stem"
         )  # (B, S, C)
+        layer = _remat.block(MixerLayer, self.remat)
         for i in range(self.num_layers):
-            h = MixerLayer(
+            h = layer(
                 self.tokens_mlp_dim,
                 self.channels_mlp_dim,
                 layer_norm_eps=self.layer_norm_eps,

@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.archs._transformer import ATTENTION_VARIANTS
 from archbench.archs.llama import INIT, Initializer, Llama
 from archbench.archs.registry import ArchSpec, InputSpec, Size, count_params, register
 
@@ -250,4 +251,13 @@ SIZES = {
     ),
 }  # fmt: skip
 
-register(ArchSpec(name="moe", family="Mixture of Experts", module=MoE, task="lm", sizes=SIZES))
+register(
+    ArchSpec(
+        name="moe",
+        family="Mixture of Experts",
+        module=MoE,
+        task="lm",
+        sizes=SIZES,
+        variants=ATTENTION_VARIANTS,  # Llama's attention, computed each way
+    )
+)

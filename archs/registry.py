@@ -20,6 +20,12 @@ class UserError(Exception):
     """Bad input from a user (a name, a value, a file): the CLI prints it as one line, exit 2."""
 
 
+class Unsupported(Exception):
+    """A cell this machine or strategy cannot run: recorded with status "unsupported" and a
+    one-line reason, never an error (a sharding strategy with no form for the model, cuDNN
+    attention off an NVIDIA GPU). Models raise it at trace time."""
+
+
 class UnknownNameError(UserError, KeyError):
     """An architecture, size or other name that is not registered; the message lists valid ones."""
 
@@ -161,6 +167,19 @@ class ArchSpec:
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
+# Run once, just before the registry is first queried: archbench.archs.plugins loads the
+# installed plugins (entry points) here, late enough that `import archbench` has finished.
+_FIRST_QUERY: list = []
+
+
+def before_first_query(hook) -> None:
+    """Call `hook()` once, before the first `get` or `names`."""
+    _FIRST_QUERY.append(hook)
+
+
+def _first_query() -> None:
+    while _FIRST_QUERY:  # popped before running: a hook that queries the registry is fine
+        _FIRST_QUERY.pop(0)()
 
 
 def register(spec: ArchSpec) -> ArchSpec:
@@ -170,8 +189,14 @@ def register(spec: ArchSpec) -> ArchSpec:
     return spec
 
 
+def unregister(name: str) -> ArchSpec | None:
+    """Remove `name` (a plugin that failed halfway, a test's own architecture)."""
+    return _REGISTRY.pop(name, None)
+
+
 def get(name: str) -> ArchSpec:
     """The spec of `name`; an unknown name raises UnknownNameError listing the valid ones."""
+    _first_query()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -180,6 +205,7 @@ def get(name: str) -> ArchSpec:
 
 def names(pattern: str = "*") -> list[str]:
     """Registered architecture names matching a shell-style wildcard, sorted."""
+    _first_query()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 

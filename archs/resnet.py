@@ -8,9 +8,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.archs import _conv, _remat
 from archbench.archs.registry import CIFAR, IMAGENET, ArchSpec, Size, register
 
 ModuleDef = Any
+NORM_DTYPES = ("float32", "compute")
 
 # He et al. initialise convolutions as in He et al. 2015 (sec 2.2): zero-mean normal with
 # variance 2 / fan, here fan-out as in torchvision.
@@ -81,13 +83,20 @@ class ResNet(nn.Module):
     shortcut: str = "projection"  # "projection" (option B) or "pad" (option A)
     num_classes: int = 1000
     act: Callable = nn.relu
+    remat: str = "none"  # each block's rematerialisation policy (archbench.archs._remat)
+    conv_impl: str = "xla"  # how convolutions are computed (archbench.archs._conv)
+    # BatchNorm's statistics and normalisation: "float32" (Flax's default: promoted, then cast
+    # back to the compute dtype) or "compute" (in the compute dtype, e.g. bfloat16).
+    norm_dtype: str = "float32"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        conv = partial(
-            nn.Conv,
+        if self.norm_dtype not in NORM_DTYPES:
+            raise ValueError(f"norm_dtype {self.norm_dtype!r} not in {NORM_DTYPES}")
+        conv = _conv.conv_class(
+            self.conv_impl,
             use_bias=False,
             kernel_init=he_normal,
             dtype=self.dtype,
@@ -98,6 +107,7 @@ class ResNet(nn.Module):
             use_running_average=not train,
             momentum=0.9,
             epsilon=1e-5,
+            force_float32_reductions=self.norm_dtype == "float32",
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
@@ -110,10 +120,11 @@ class ResNet(nn.Module):
             x = self.act(norm(name="stem_bn")(x))
         else:
             raise ValueError(f"stem {self.stem!r} not in ('imagenet', 'cifar')")
+        block = _remat.block(self.block_cls, self.remat)  # BatchNorm's flag is bound in `norm`
         for i, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             for j in range(blocks):
                 strides = 2 if i > 0 and j == 0 else 1
-                x = self.block_cls(width, conv, norm, self.act, strides, self.shortcut)(x)
+                x = block(width, conv, norm, self.act, strides, self.shortcut)(x)
             # (B, H / 2**i, W / 2**i, width * expansion) after stage i (relative to its input)
         x = jnp.mean(x, axis=(1, 2))  # (B, C): global average pool, 7x7 at 224x224
         return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
@@ -130,6 +141,13 @@ register(
         family="ResNet",
         module=ResNet,
         task="classify",
+        # The convolutions' implementations, and BatchNorm's in float32 or the compute dtype
+        # (the same in float32); one kind at a time, the other at its default.
+        variants={
+            **_conv.VARIANTS,
+            "bn-f32": {"norm_dtype": "float32"},
+            "bn-compute": {"norm_dtype": "compute"},
+        },
         sizes={
             "tiny": Size({**CIFAR_STYLE, "stage_sizes": (1, 1, 1), "widths": (4, 8, 16)}, CIFAR),
             # ResNet-20 of sec 4.2: 6n+2 layers with n=3, widths 16/32/64, identity shortcuts

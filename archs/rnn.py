@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs._recurrent import TINY, RecurrentClassifier, RecurrentLayer
+from archbench.archs._recurrent import TINY, VARIANTS, RecurrentClassifier, RecurrentLayer
 from archbench.archs.registry import MNIST1D, ROWS_28, ArchSpec, InputSpec, Size, register
 
 
@@ -23,12 +23,14 @@ class ElmanLayer(RecurrentLayer):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         u = self.recurrent_kernel(1)  # (H, H)
+        w, b = self.input_kernel(x.shape[-1], 1)
+        mix = self.mix(w, b, u)
 
-        def step(h, xw_t):  # xw_t = W x_t + b, (B, H)
-            h = self.act(xw_t + h @ u)  # (B, H)
+        def step(h, inp_t):  # inp_t: W x_t + b, (B, H), or x_t when fused
+            h = self.act(mix(inp_t, h))  # (B, H)
             return h, h
 
-        return self.scan(step, self.zeros(x.shape[0]), x, gates=1)  # (B, T, H)
+        return self.scan(step, self.zeros(x.shape[0]), x, w, b)  # (B, T, H)
 
 
 class ElmanRNN(RecurrentClassifier):
@@ -55,6 +57,7 @@ register(
         family="RNN",
         module=ElmanRNN,
         task="classify",
+        variants=VARIANTS,
         sizes={
             "tiny": Size({"hidden": (16,)}, TINY),
             # 28*128 + 128*128 + 128 + 128*10 + 10 = 21,386 parameters.
@@ -89,6 +92,7 @@ register(
         family="RNN",
         module=ElmanRNN,
         task="classify",
+        variants=VARIANTS,
         sizes={
             "tiny": Size({"hidden": (16, 16)}, TINY),
             # Stacked Elman layers, each reading the whole hidden sequence of the one below

@@ -6,7 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs._transformer import Block, layer_norm, learned_positions
+from archbench.archs import _remat
+from archbench.archs._transformer import ATTENTION_VARIANTS, Block, layer_norm, learned_positions
 from archbench.archs.registry import CIFAR, IMAGE_28, IMAGENET, ArchSpec, Size, register
 
 
@@ -48,7 +49,8 @@ class ViT(nn.Module):
     # MLP and on the attention weights, which _transformer's Block does not (see there).
     dropout: float = 0.0
     layer_norm_eps: float = 1e-6  # the released models' value; statistics reduced in float32
-    attention_impl: str | None = None  # None (XLA) or "cudnn"
+    attention_impl: str | None = None  # None (JAX chooses) or _transformer.ATTENTION_IMPLS
+    remat: str = "none"  # each block's rematerialisation policy (archbench.archs._remat)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -67,10 +69,11 @@ class ViT(nn.Module):
             tokens, tokens, self.width, nn.initializers.normal(0.02), self.dtype, self.param_dtype
         )  # (B, N + 1, D)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        block = _remat.block(Block, self.remat, static_argnums=(3,))  # train
         for i in range(self.num_layers):
             # Eq. 2-3: z' = MSA(LN(z)) + z, z = MLP(LN(z')) + z'. The Block's default
             # xavier_uniform kernels are the released models' too.
-            h = Block(
+            h = block(
                 self.num_heads,
                 self.mlp_dim,
                 pre_norm=True,
@@ -81,7 +84,7 @@ class ViT(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=f"block_{i}",
-            )(h, train=train)  # (B, N + 1, D)
+            )(h, None, train)  # (B, N + 1, D)
         h = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, "ln_final")(h)
         head = nn.Dense(
             self.num_classes,
@@ -128,6 +131,7 @@ register(
         name="vit",
         family="Vision Transformer",
         module=ViT,
+        variants=ATTENTION_VARIANTS,
         task="classify",
         sizes={
             # 16 patches of 7x7 on a 28x28 image.

@@ -5,6 +5,8 @@ The Python API: the zoo's registry and the measurement of one benchmark cell.
     import archbench
     archbench.list_archs("resnet*")                # ['resnet']
     archbench.get("gpt").sizes                     # the sizes of a family
+    archbench.register("mine", MyModule, sizes={"tiny": {...}, "small": {...}},
+                       input=archbench.InputSpec("image", (28, 28, 1)))  # your own model
     record = archbench.measure("mlp", "tiny", mode="train", batch=8)
     record["step_time_s"], record["flops_per_step"], record["compiled_bytes"]
 
@@ -34,7 +36,8 @@ from importlib import metadata
 import jax
 
 from archbench import archs
-from archbench.archs import ArchSpec, UserError
+from archbench.archs import ArchSpec, InputSpec, Size, UserError
+from archbench.archs.plugins import register  # a user's own model: README "Your own model"
 from archbench.engine import generate as _generate
 from archbench.engine import measure as _engine
 from archbench.engine.autobatch import find_max_batch
@@ -42,6 +45,10 @@ from archbench.engine.autobatch import find_max_batch
 __all__ = [
     *("ArchSpec", "UserError", "__version__", "active_param_count", "get", "list_archs"),
     *("measure", "param_count"),
+    *("load", "plot"),  # results as a DataFrame, the report's plots: README "In a notebook"
+    "register",
+    "Size",
+    "InputSpec",
 ]
 
 try:
@@ -90,6 +97,7 @@ def measure(
     prompt_len: int | None = None,
     gen_len: int | None = None,
     variant: str | None = None,
+    remat: str | None = None,
 ) -> dict:
     """Measure one benchmark cell, as one cell of `archbench run` does.
 
@@ -110,6 +118,8 @@ def measure(
       prompt_len, gen_len: the prompt and the tokens to decode, for mode "generate" only.
       variant: an implementation variant the family declares (`get(arch).variants`, e.g.
         Mamba's "scan" or "assoc"); None: its default.
+      remat: train only: "none", "full" or "dots", how each block is rematerialised
+        (archbench.archs._remat) in the families that can; None: not at all.
     Returns:
       The record the matrix stores in a results file's `extra_info`: step time median and
       IQR, samples/s, FLOPs, memory, compile time, MFU (archbench.engine.outcome.RESULT_KEYS);
@@ -129,6 +139,7 @@ def measure(
         prompt_len=prompt_len,
         gen_len=gen_len,
         variant=variant,
+        remat=remat,
     )
     if auto and mode == "generate":
         raise UserError("batch 'auto' is for train and infer; give generate a batch size")
@@ -146,3 +157,65 @@ def measure(
     if auto:
         record["batch_request"] = "auto"
     return record
+
+
+def load(*files):
+    """The cells of one or more results files as a pandas DataFrame, one row per cell.
+
+    The columns are those of `archbench report --csv`: results.FLAT_COLUMNS first (the cell,
+    status, step time, throughput, FLOPs, memory, device, error, cell_id, source file), then
+    every other metric the files hold; a missing value is NaN (None in text columns).
+
+        df = archbench.load("cpu.json", "h100.json")
+        ok = df[df.status == "ok"]
+        ok.pivot_table(index="arch", columns="mode", values="step_time_s")
+        ok.groupby(["device_kind", "arch"]).samples_per_s.max()
+
+    Args:
+      files: paths of results files (`archbench run --out`), or one list of them.
+    Raises:
+      UserError naming a file that is missing, not JSON or not an archbench results file.
+    """
+    import pandas as pd
+
+    from archbench.matrix import results
+
+    paths = [p for f in files for p in ([f] if isinstance(f, str | os.PathLike) else f)]
+    if not paths:
+        raise UserError("load: give one or more results files")
+    rows = results.flat_rows(paths)
+    return pd.DataFrame(rows, columns=results.columns(rows))
+
+
+def plot(data, name: str | None = None):
+    """The report's plots of results files or of `load`'s DataFrame, as matplotlib Figures.
+
+        figs = archbench.plot("cpu.json")     # {"throughput": Figure, "step_time_vs_params": ...}
+        archbench.plot(df[df.arch != "mlp"], "throughput")   # one Figure; a notebook shows it
+
+    Args:
+      data: a results file, a list of them, or a DataFrame of flat rows (perhaps filtered).
+        Files get the report's run labels; a DataFrame one run per source file.
+      name: one plot: throughput, step_time_vs_params, step_time_vs_batch, memory_vs_batch,
+        step_time_vs_seq_len, step_time_vs_devices, memory_vs_devices, generation_vs_prompt_len,
+        generation_vs_batch. None: every plot the data has (a dict by name).
+    Raises:
+      UserError for an unknown name, or a plot the data cannot draw (saying why).
+    """
+    import matplotlib
+
+    backend = matplotlib.get_backend()  # the report's plots module selects Agg on import;
+    try:  # a notebook keeps its own backend (inline) for everything else
+        from archbench.report import notebook
+
+        drawn = notebook.figures(data)
+    finally:
+        if matplotlib.get_backend() != backend:
+            matplotlib.use(backend)
+    if name is None:
+        return {k: f.figure for k, f in drawn.items() if getattr(f, "figure", None) is not None}
+    if name not in drawn:
+        raise UserError(f"plot {name!r}: not a plot; the plots are {', '.join(drawn)}")
+    if getattr(drawn[name], "figure", None) is None:
+        raise UserError(f"plot {name!r}: skipped, {drawn[name].reason}")
+    return drawn[name].figure

@@ -151,7 +151,8 @@ def test_killed_run_keeps_finished_cells(tmp_path):
     assert list(rows) == ["mlp-tiny-train-b32-float32-d1"]
     assert rows["mlp-tiny-train-b32-float32-d1"]["extra_info"]["status"] == "ok"
     assert not results.load_results(out)["archbench"]["complete"]
-    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left
+    left = sorted(p.name for p in tmp_path.iterdir())  # no temporary file; the lock sidecar
+    assert left == [".results.json.lock", "results.json"]  # stays, unlocked (cli/locks.py)
 
 
 @pytest.mark.parametrize(

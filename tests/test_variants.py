@@ -26,7 +26,7 @@ def test_variants_apply_to_the_families_that_declare_them():
 
 @pytest.mark.parametrize(
     ("variant", "arch", "expect"),
-    [("fused", "mamba", "unknown variant 'fused'"), ("assoc", "mlp", "none of the selected")],
+    [("bogus", "mamba", "unknown variant 'bogus'"), ("assoc", "mlp", "none of the selected")],
 )
 def test_bad_variant_is_a_one_line_error(variant, arch, expect):
     with pytest.raises(UserError, match=expect):

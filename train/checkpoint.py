@@ -12,6 +12,9 @@ finished reading its buffers before `save` returns.
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +71,28 @@ class Checkpoints:
         return dict(restored["meta"])
 
     def save(self, epoch: int, state: TrainState, meta: dict[str, Any]) -> None:
-        self._manager.save(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state_tree(state)), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        """Save `epoch`; a failed write (a full disk) is an OSError naming the checkpoint. Orbax
+        finalises a checkpoint by renaming its temporary folder, so a save that fails or is
+        killed leaves none that `latest_epoch` would pick, and the next save replaces it."""
+        absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
+        absl.setLevel(logging.CRITICAL)  # orbax's threads log a failed write with a traceback
+        try:
+            self._manager.save(
+                epoch,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state_tree(state)), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+            self._manager.wait_until_finished()
+        except ValueError as e:  # tensorstore reports a failed write as ValueError(os_error_code)
+            code = re.search(r"os_error_code='?(\d+)", str(e))
+            if code is None:
+                raise
+            errno = int(code.group(1))
+            raise OSError(errno, os.strerror(errno), str(self.directory / str(epoch))) from None
+        finally:
+            absl.setLevel(level)
 
     def restore(self, epoch: int, like: TrainState) -> TrainState:
         """The state saved at `epoch`, shaped, typed and placed as `like` (a freshly created

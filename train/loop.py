@@ -53,19 +53,42 @@ class MetricsLog:
         self.path = path
         kept = []
         if keep_through_step is not None and path.exists():  # a resumed run: drop what the
-            for line in path.read_text().splitlines():  # restored checkpoint does not cover
-                if line.strip() and json.loads(line)["step"] <= keep_through_step:
+            lines = path.read_text().splitlines()  # restored checkpoint does not cover
+            for i, line in enumerate(lines, 1):
+                step = _step(path, i, line, last=i == len(lines))
+                if step is not None and step <= keep_through_step:
                     kept.append(line + "\n")
         path.write_text("".join(kept))
         self._file = path.open("a")
 
     def write(self, record: dict) -> None:
         record = {k: _plain(v) for k, v in record.items()}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as e:  # a full disk: say which file (a file object's error does not)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):  # every line was flushed, or its error raised
+            self._file.close()
+
+
+def _step(path: Path, number: int, line: str, last: bool) -> int | None:
+    """The step of metrics line `number`; None for a blank line, or for a last line torn by a
+    kill in the middle of writing it (dropped: its step is redone). Any other line that is not
+    a record is a UserError naming the file and line."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        if last:
+            return None
+        raise UserError(f"{path}:{number}: not a JSON line; fix or remove it to resume") from None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        raise UserError(f"{path}:{number}: not a metrics record (no integer 'step')")
+    return record["step"]
 
 
 def _plain(v):

@@ -6,7 +6,8 @@ import argparse
 import json
 
 from archbench import archs
-from archbench.archs import UserError
+from archbench.archs import UserError, plugins
+from archbench.engine.cell import can_remat
 from archbench.text import format_table
 
 HELP = "architectures, sizes and parameter counts"
@@ -35,6 +36,8 @@ def list_rows(pattern: str = "*") -> list[dict]:
                 "canonical": s.canonical,
                 "source": s.source or None,
                 "variants": list(spec.variants),  # for --variant
+                "remat": can_remat(spec),  # whether --remat applies to its train cells
+                "plugin": plugins.ORIGIN.get(name),  # None: a built-in family
             }
         )
     return rows
@@ -43,9 +46,22 @@ def list_rows(pattern: str = "*") -> list[dict]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="wildcard over names, e.g. 'resnet*'")
     p.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    add_plugin_argument(p)
+
+
+def add_plugin_argument(p: argparse.ArgumentParser) -> None:
+    """--plugin, shared by list, run and train."""
+    p.add_argument(
+        "--plugin",
+        action="append",
+        metavar="FILE.py|MODULE",
+        help="load architectures from a Python file or module that calls archbench.register "
+        "(repeatable; installed plugins load by themselves)",
+    )
 
 
 def run(args) -> int:
+    plugins.load_files(args.plugin)
     if not archs.names(args.pattern):
         raise UserError(
             f"no architecture matches {args.pattern!r}; valid: {', '.join(archs.names())}"

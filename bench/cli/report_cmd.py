@@ -76,7 +76,11 @@ def write_reports(args, default_html: bool = True) -> int:
     html_out = args.out or (DEFAULT_HTML if default_html and not args.md else None)
     for option, target in (("-o", html_out), ("--md", args.md)):
         check_output(option, target, args.files)
-    for path in write_report(args.files, html_out, args.md, args.runs):
+    try:
+        written = write_report(args.files, html_out, args.md, args.runs)
+    except OSError as e:  # a plot beside --md on a full disk (the reports: results.WriteError)
+        raise UserError(f"{e.filename or args.md}: cannot write it ({e.strerror or e})") from None
+    for path in written:
         print(f"archbench: wrote {path}", file=sys.stderr)
     return 0
 
@@ -102,10 +106,13 @@ def _fmt(value):
 
 
 def text_table(rows: list[dict]) -> str:
-    """The flat rows as a terminal table; a "variant" column where any row has one."""
+    """The flat rows as a terminal table; "variant" and "remat" columns where any row has one."""
     columns = list(TABLE_COLUMNS)
-    if any(r.get("variant") for r in rows):
-        columns.insert(columns.index("devices") + 1, "variant")
+    at = columns.index("devices") + 1
+    for key in ("variant", "remat"):
+        if any(r.get(key) for r in rows):
+            columns.insert(at, key)
+            at += 1
     return format_table([{k: _fmt(r.get(k)) for k in columns} for r in rows], columns)
 
 

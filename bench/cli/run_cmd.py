@@ -13,20 +13,24 @@ device; every process runs every cell, process 0 alone checks and writes --out a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from archbench.archs import UserError
+from archbench.archs import UserError, plugins
+from archbench.cli import locks
+from archbench.cli.list_cmd import add_plugin_argument
 from archbench.engine import distributed
-from archbench.matrix import results, session
+from archbench.matrix import artifacts, results, session
 
 HELP = "run the benchmark matrix"
 RESULTS_DIR = Path("results")
 FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
 FILTERS += ("prompt_len", "gen_len", "variant")
+FILTERS += ("remat",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,6 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="implementation variants of the same computation, for the families that declare "
         "them (archbench list --json: variants), e.g. scan,assoc for Mamba (default: each "
         "family's own)",
+    )
+    f.add_argument(
+        "--remat",
+        help="rematerialisation of each block in train cells: none, full (recompute all of "
+        "it in the backward pass), dots (keep matmul results), for the Transformer families, "
+        "mixer and resnet (default: none, and no remat in the cell id)",
     )
     f.add_argument(
         "--sharding",
@@ -102,6 +112,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds of timed rounds per cell (default: 1.5)",
     )
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="after each cell's timed rounds, a jax.profiler trace of a few more steps in "
+        "DIR/<cell_id>/ (xprof --logdir DIR, or the Perfetto file in it: ui.perfetto.dev)",
+    )
+    p.add_argument(
+        "--dump-hlo",
+        metavar="DIR",
+        help="each cell's optimized HLO as compiled, DIR/<cell_id>.hlo.txt, to diff two runs",
+    )
+    add_plugin_argument(p)
     s = p.add_argument_group(
         "scale out (docs/multihost.md)",
         "Several processes (hosts) run one matrix together: start the same command on each; "
@@ -223,12 +245,16 @@ def pytest_args(args, out: Path | None) -> list[str]:
         argv.append(f"--device-memory={args.device_memory}")
     if args.target_topology is not None:
         argv.append(f"--target-topology={args.target_topology}")
+    if args.profile is not None:
+        argv.append(f"--archbench-profile={args.profile}")
+    if args.dump_hlo is not None:
+        argv.append(f"--dump-hlo={args.dump_hlo}")
     return argv
 
 
 def summary(path: Path) -> tuple[str, int]:
     """One line on what `path` holds, and the exit status: 1 if any cell failed (a cell that
-    its strategy does not support is not a failure)."""
+    its strategy or variant does not support here is not a failure)."""
     rows = results.flat_rows([path])
     failed = [r for r in rows if r["status"] not in ("ok", "compiled", "unsupported")]
     unsupported = [r["cell_id"] for r in rows if r["status"] == "unsupported"]
@@ -241,7 +267,7 @@ def summary(path: Path) -> tuple[str, int]:
         if fit:
             line += f" ({sum(bool(r['fits']) for r in fit)} of {len(fit)} fit the device memory)"
     if unsupported:
-        line += f", {len(unsupported)} unsupported by their strategy"
+        line += f", {len(unsupported)} unsupported (by their strategy or variant here)"
     if failed:
         named = [f"{r['cell_id']} ({r['status']})" for r in failed[:5]]
         line += f", {len(failed)} failed: " + ", ".join(named) + (", ..." if failed[5:] else "")
@@ -252,6 +278,9 @@ def run(args) -> int:
     from archbench.engine import aot
     from archbench.matrix import cells
 
+    # before the filters are checked, and before a multi-process job forks its child, which
+    # inherits the registrations
+    plugins.load_files(args.plugin)
     if args.target_s is not None and not args.target_s > 0:
         raise UserError(f"--target-s {args.target_s}: must be positive")
     if args.target_topology is not None:
@@ -265,6 +294,10 @@ def run(args) -> int:
         if not args.compile_only:
             raise UserError("--device-memory says whether compiled cells fit: add --compile-only")
         aot.parse_memory(args.device_memory)  # a bad size: one line, before anything runs
+    if args.profile is not None and args.compile_only:
+        raise UserError("--profile traces steps that run; --compile-only runs none: drop one")
+    artifacts.check_dir("--profile", args.profile)
+    artifacts.check_dir("--dump-hlo", args.dump_hlo)
     cells.parse_split(args.split)
     job = distributed.parse(
         args.coordinator,
@@ -289,7 +322,13 @@ def run(args) -> int:
 
 
 def run_matrix(args) -> int:
-    """Run the matrix `args` asks for (in each process of a multi-process job alike)."""
+    """Run the matrix `args` asks for (in each process of a multi-process job alike); process 0
+    holds the lock on --out throughout (archbench.cli.locks)."""
+    with contextlib.ExitStack() as held:
+        return _run_matrix(args, held)
+
+
+def _run_matrix(args, held: contextlib.ExitStack) -> int:
     import pytest
 
     from archbench.engine import measure
@@ -309,6 +348,7 @@ def run_matrix(args) -> int:
     if main:
         try:
             out = resolve_out(args.out, args.resume, info)
+            held.enter_context(locks.results_file(out))  # another run on it: one line, exit 2
             check_out(out, args.resume, args.overwrite, info, args.target_topology)
         except UserError as e:
             problem = str(e)
@@ -327,6 +367,8 @@ def run_matrix(args) -> int:
         # capture, and a Python traceback of an abort goes with it to its log, not to stderr
         argv += ["--capture=sys", "-p", "no:faulthandler"]
     code = pytest.main(argv)
+    if code == session.WRITE_FAILED:  # a full disk: the session said so in one line
+        return 2
     if code == pytest.ExitCode.INTERRUPTED:
         if main:
             print(

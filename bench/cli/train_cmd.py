@@ -7,6 +7,9 @@ import dataclasses
 import json
 
 from archbench import archs
+from archbench.archs import plugins
+from archbench.cli import locks
+from archbench.cli.list_cmd import add_plugin_argument
 from archbench.text import format_table
 from archbench.train import recipes
 
@@ -46,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="with --list: print JSON")
+    add_plugin_argument(p)  # its architectures, for recipes that name them
 
 
 def list_rows() -> list[dict]:
@@ -90,6 +94,7 @@ def placement(devices: int | None, strategy: str | None, mesh: str | None):
 
 
 def run(args) -> int:
+    plugins.load_files(args.plugin)
     if args.list:
         if args.recipe:
             raise archs.UserError("train: give either --list or a recipe, not both")
@@ -109,19 +114,29 @@ def run(args) -> int:
     from archbench.engine import sharding  # jax, orbax and tqdm load only when training
     from archbench.train.fit import fit
 
+    out_dir = args.out or f"runs/{recipe.name}"
     try:
-        final = fit(
-            recipe,
-            epochs=args.epochs,
-            out_dir=args.out or f"runs/{recipe.name}",
-            resume=args.resume,
-            progress=not args.no_progress,
-            data_dir=args.data_dir,
-            placement=placement(args.devices, args.sharding, args.mesh),
-        )
+        layout = placement(args.devices, args.sharding, args.mesh)
+        with locks.run_dir(out_dir):  # another train on this directory: one line, exit 2
+            final = fit(
+                recipe,
+                epochs=args.epochs,
+                out_dir=out_dir,
+                resume=args.resume,
+                progress=not args.no_progress,
+                data_dir=args.data_dir,
+                placement=layout,
+            )
     except sharding.Unsupported as e:
         raise archs.UserError(
             f"--sharding {args.sharding} cannot train {recipe.arch}: {e}"
+        ) from None
+    except OSError as e:  # a full disk, a folder it may not write: the file and why
+        if isinstance(e, BrokenPipeError):
+            raise
+        raise archs.UserError(
+            f"{e.filename or out_dir}: {e.strerror or e}; training stopped (--resume continues "
+            "from its last checkpoint)"
         ) from None
     print(f"{recipes.check_message(recipe, final['value'])} ({final['out_dir']})")
     reached = recipes.target_message(recipe, final["out_dir"])  # time to target, if it has one

@@ -49,7 +49,9 @@ def parse_memory(text: str) -> int:
     return int(float(m[1]) * _UNITS[m[2] or ""])
 
 
-def compile_only(cell: Cell, device_memory: int | None = None, target=None) -> dict:
+def compile_only(
+    cell: Cell, device_memory: int | None = None, target=None, on_compiled=None
+) -> dict:
     """Lower and compile `cell` from abstract arguments; never runs or allocates the model.
 
     Args:
@@ -57,6 +59,8 @@ def compile_only(cell: Cell, device_memory: int | None = None, target=None) -> d
       device_memory: bytes of one device, to say whether the step fits; None to not say.
       target: the devices to compile for (a topology this host need not have:
         archbench.engine.topology); None: this host's.
+      on_compiled: called with the compiled step (jax.stages.Compiled) as soon as it exists,
+        e.g. to save its HLO text (archbench.matrix.artifacts).
     Returns:
       A record with RESULT_KEYS: status "compiled" (timing keys None), or "unsupported",
       "oom" or "error" with a one-line message; it never raises for a failing model.
@@ -64,7 +68,9 @@ def compile_only(cell: Cell, device_memory: int | None = None, target=None) -> d
     validate(cell, target)
     devices = (jax.devices() if target is None else list(target))[: cell.devices]
     try:
-        _, _, facts = compile_cell(cell, devices, abstract=True)
+        compiled, _, facts = compile_cell(cell, devices, abstract=True)
+        if on_compiled is not None:
+            on_compiled(compiled)
     except Exception as exc:
         result = failure(cell, exc)
         if result["status"] == "oom" and device_memory is not None:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from archbench import archs
+from archbench.archs._remat import REMATS
 from archbench.archs.registry import InputSpec, unknown
 from archbench.engine.sharding import batch_axes, mesh_axes
 
@@ -36,6 +37,7 @@ class Cell:
     prompt_len: int | None = None  # generate: tokens of the prompt (prefill)
     gen_len: int | None = None  # generate: tokens decoded one at a time after the prefill
     variant: str | None = None  # an implementation variant of the family; None: its default
+    remat: str | None = None  # train: its blocks' remat policy (archs._remat); None: none
 
     @property
     def id(self) -> str:
@@ -57,6 +59,8 @@ class Cell:
             name += "-m" + self.mesh.replace("=", "").replace(",", "")
         if self.variant is not None:
             name += f"-v{self.variant}"
+        if self.remat is not None:
+            name += f"-r{self.remat}"
         return name
 
 
@@ -68,7 +72,7 @@ def from_id(text: str) -> Cell:
     parts = text.strip().split("-")
     form = (
         "ARCH-SIZE-MODE-bBATCH-DTYPE[-dDEVICES][-tSEQ_LEN][-pPROMPT-gGEN][-sSHARDING][-mMESH]"
-        "[-vVARIANT], "
+        "[-vVARIANT][-rREMAT], "
         "e.g. mlp-small-train-b32-float32"
     )
     if len(parts) < 5 or not parts[3].startswith("b"):
@@ -76,11 +80,11 @@ def from_id(text: str) -> Cell:
     fields = {"batch": parts[3][1:]}
     for part in parts[5:]:
         key = {"d": "devices", "t": "seq_len", "s": "sharding", "m": "mesh"}.get(part[:1])
-        key = key or {"p": "prompt_len", "g": "gen_len", "v": "variant"}.get(part[:1])
+        key = key or {"p": "prompt_len", "g": "gen_len", "v": "variant", "r": "remat"}.get(part[:1])
         if key is None or key in fields:
             raise archs.UserError(f"bad cell {text!r}; expected {form}")
         fields[key] = part[1:]
-    words = {k: fields.pop(k) for k in ("sharding", "mesh", "variant") if k in fields}
+    words = {k: fields.pop(k) for k in ("sharding", "mesh", "variant", "remat") if k in fields}
     if "mesh" in words:
         words["mesh"] = ",".join(f"{a}={n}" for a, n in re.findall(r"([a-z]+)(\d+)", words["mesh"]))
     try:
@@ -108,6 +112,8 @@ def validate(cell: Cell, devices=None) -> None:
         raise unknown("dtype", cell.dtype, DTYPES)
     if cell.mode == "generate" or cell.prompt_len is not None or cell.gen_len is not None:
         _validate_generate(cell, spec, size)
+    if cell.remat is not None:
+        _validate_remat(cell, spec)
     if not _positive_int(cell.batch):
         raise archs.UserError(f"batch must be a positive integer, got {cell.batch!r}")
     if devices is not None:
@@ -146,6 +152,28 @@ def can_decode(spec: archs.ArchSpec) -> bool:
 def decode_archs() -> list[str]:
     """The registered architectures that can generate."""
     return [name for name in archs.names() if can_decode(archs.get(name))]
+
+
+def can_remat(spec: archs.ArchSpec) -> bool:
+    """Whether a family rematerialises its blocks on request (a `remat` policy field)."""
+    fields = {f.name: f for f in dataclasses.fields(spec.module)}
+    return "remat" in fields and fields["remat"].type in (str, "str")
+
+
+def remat_archs() -> list[str]:
+    """The registered architectures that can rematerialise."""
+    return [name for name in archs.names() if can_remat(archs.get(name))]
+
+
+def _validate_remat(cell: Cell, spec: archs.ArchSpec) -> None:
+    if cell.remat not in REMATS:
+        raise unknown("remat", cell.remat, REMATS)
+    if cell.mode != "train":
+        raise archs.UserError(f"remat applies to mode train, not {cell.mode}")
+    if not can_remat(spec):
+        raise archs.UserError(
+            f"{cell.arch} has no remat; the families that have it: {', '.join(remat_archs())}"
+        )
 
 
 def _validate_generate(cell: Cell, spec: archs.ArchSpec, size) -> None:
@@ -222,6 +250,7 @@ def cell_keys(cell: Cell) -> dict:
             f"{a}={n}" for a, n in mesh_axes(cell.sharding, cell.devices, cell.mesh).items()
         ),
         "variant": cell.variant,
+        "remat": cell.remat,
         "params": params,
         "active_params": active_params,
         "task": spec.task,
@@ -231,7 +260,9 @@ def cell_keys(cell: Cell) -> dict:
 
 
 def build(cell: Cell, **overrides):
-    """The cell's Linen module: its size, compute dtype and implementation variant."""
+    """The cell's Linen module: its size, compute dtype, implementation variant and remat
+    policy (passed only when the cell has one; `overrides` win)."""
     spec = archs.get(cell.arch)
-    fields = {**spec.variant(cell.variant), **overrides}
+    remat = {} if cell.remat is None else {"remat": cell.remat}
+    fields = {**spec.variant(cell.variant), **remat, **overrides}
     return spec.build(cell.size, dtype=DTYPES[cell.dtype], **fields)

@@ -210,6 +210,8 @@ def summarize(gen: Generation) -> dict:
         "peak_source": peak_source,
         "peak_basis": peak_basis,
         "flops_per_step": flops,
+        "model_flops_per_step": flops,  # decoding never rematerialises
+        "hfu": _ratio(tflops_per_s, peak),
         "bytes_per_step": accessed,
         "flops_source": "xla",
         "bytes_source": "xla",

@@ -176,8 +176,12 @@ def summarize(cell: Cell, prepared: Prepared, round_times_s: list[float]) -> dic
     """The result of a measured cell (RESULT_KEYS) from the wall times of its rounds.
 
     Step times are round times / steps_per_round; step_time_s is their median. FLOPs, bytes,
-    samples and tokens are global (all devices). MFU = tflops_per_s / (peak_tflops * devices),
-    except for a measured CPU peak, which all CPU devices of the host share. Memory analysis
+    samples and tokens are global (all devices). tflops_per_s and HFU (hardware FLOPs
+    utilisation) count the executed FLOPs (flops_per_step), recomputation included; MFU counts
+    the model's (model_flops_per_step, the step without rematerialisation), as PaLM
+    (Chowdhery et al. 2022, appendix B) and MaxText do, so recomputing activations never
+    raises it. Either = FLOPs / step_time_s / (peak_tflops * devices), except for a measured
+    CPU peak, which all CPU devices of the host share. Memory analysis
     figures are per device; peak_bytes is the device's high-water mark since the process
     started (peak_bytes_set_by_cell says whether this cell raised it).
     """
@@ -187,8 +191,9 @@ def summarize(cell: Cell, prepared: Prepared, round_times_s: list[float]) -> dic
     facts = dict(prepared.facts)
     peak_before = facts.pop("peak_before")
     tokens = input_spec(cell).tokens_per_example
-    flops = facts["flops_per_step"]
+    flops, model_flops = facts["flops_per_step"], facts["model_flops_per_step"]
     tflops_per_s = flops / median / 1e12 if flops is not None else None
+    model_tflops_per_s = model_flops / median / 1e12 if model_flops is not None else None
     device = prepared.devices[0]
     peak, peak_source, peak_basis = peak_tflops(device, cell.dtype)
     shared = peak_source == "measured-matmul" and device.platform == "cpu"
@@ -210,7 +215,12 @@ def summarize(cell: Cell, prepared: Prepared, round_times_s: list[float]) -> dic
         "samples_per_s": cell.batch / median,
         "tokens_per_s": cell.batch * tokens / median if tokens else None,
         "tflops_per_s": tflops_per_s,
-        "mfu": tflops_per_s / total_peak if tflops_per_s is not None and total_peak else None,
+        "mfu": (
+            model_tflops_per_s / total_peak
+            if model_tflops_per_s is not None and total_peak
+            else None
+        ),
+        "hfu": tflops_per_s / total_peak if tflops_per_s is not None and total_peak else None,
         "peak_tflops": peak,
         "peak_source": peak_source,
         "peak_basis": peak_basis,

@@ -14,10 +14,14 @@ GENERATE_KEYS = (
     *("flops_per_token", "bytes_per_token", "bandwidth_bytes_per_s"),
     *("peak_bandwidth_bytes_per_s", "bandwidth_fraction", "bandwidth_source", "bandwidth_basis"),
 )
+# Files written beside the results on request (archbench.matrix.artifacts): the optimized HLO
+# of the step (of the decode step for generate, whose prefill has its own), a jax.profiler
+# trace directory and the Perfetto trace in it; None when not asked for.
+ARTIFACT_KEYS = ("hlo_file", "prefill_hlo_file", "profile_dir", "perfetto_trace")
 # Every result has exactly these keys, in this order; a failed cell has None for what it lacks.
 RESULT_KEYS = (
     *("cell_id", "arch", "size", "family", "mode", "batch", "dtype", "devices", "seq_len"),
-    *("sharding", "mesh", "variant"),
+    *("sharding", "mesh", "variant", "remat"),
     *("params", "active_params", "task", "input", "tokens_per_example", "status", "error"),
     "backend",
     *("device_kind", "optimizer", "step_time_s", "step_time_iqr_s", "step_time_min_s"),
@@ -28,7 +32,11 @@ RESULT_KEYS = (
     *("batch_per_device", "peak_bytes", "host_peak_rss_bytes", "peak_bytes_source"),
     "peak_bytes_set_by_cell",
     *("collective_count", "collective_bytes", "collectives", "device_memory_bytes", "fits"),
+    # Rematerialisation: the step's FLOPs without it (what mfu counts) and the hardware FLOPs
+    # utilisation of the executed ones (flops_per_step, with the recomputation).
+    *("model_flops_per_step", "hfu"),
     *GENERATE_KEYS,
+    *ARTIFACT_KEYS,
 )
 
 
@@ -47,8 +55,8 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def failure(cell: Cell, exc: BaseException) -> dict:
-    """The result of a cell that did not run: status "unsupported" (the strategy has no
-    form for this model), "oom" or "error", and a one-line message."""
+    """The result of a cell that did not run: status "unsupported" (its strategy or variant
+    has no form for this model on this backend), "oom" or "error", and a one-line message."""
     result = dict.fromkeys(RESULT_KEYS)
     result.update(cell_keys(cell))
     result["status"] = (

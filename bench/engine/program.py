@@ -113,13 +113,46 @@ def _cost_facts(cell: Cell, spec, module, inputs: InputSpec, step_fn, args, lowe
             accessed = None if accessed is None else accessed * cell.devices
         source, bytes_source = "xla", "xla"
         loops = analysis.loop_undercount(step_fn.trace(*args).jaxpr)
+    model_flops = flops
+    if cell.remat not in (None, "none") or _other_implementation(cell, module):
+        unroll = {"unroll": length} if source == "xla-unrolled" else {}
+        model_flops = _model_flops(cell, step_fn, args, unroll)
     return {
         "flops_per_step": flops,
+        "model_flops_per_step": model_flops,
         "bytes_per_step": accessed,
         # A loop of matmuls is left, its body counted once: the FLOPs are too low.
         "flops_source": "xla-loop-undercount" if loops else source,
         "bytes_source": bytes_source,
     }
+
+
+def _other_implementation(cell: Cell, module) -> bool:
+    """Whether the cell's implementation variant sets a field away from the family's default
+    (a variant named for the default, such as Mamba's "scan", does not)."""
+    fields = archs.get(cell.arch).variant(cell.variant)
+    default = build(dataclasses.replace(cell, variant=None))
+    return any(getattr(default, k) != getattr(module, k) for k in fields)
+
+
+def _model_flops(cell: Cell, step_fn, args, unroll: dict) -> float | None:
+    """FLOPs of the same step without rematerialisation, the model's work, which MFU counts
+    (PaLM, Chowdhery et al. 2022, app. B): lowered and compiled once more from shapes alone,
+    as `_cost_facts` counts the cell itself, so both counts agree when nothing is recomputed.
+    It is the family's default implementation too: a variant computes the same model, but
+    XLA may count its work differently (im2col's matmul multiplies the padding's zeros, which
+    XLA's count of a convolution leaves out)."""
+    remat = {} if cell.remat is None else {"remat": "none"}
+    plain = build(dataclasses.replace(cell, variant=None), **remat, **unroll)
+    state = args[0].replace(apply_fn=plain.apply)
+    abstract = (_abstract(state), _abstract(args[1]))
+    lowered = step_fn.lower(*abstract)
+    if unroll:
+        stage = lowered if lowered.cost_analysis() is not None else lowered.compile()
+        return analysis.cost(stage)[0]
+    if cell.devices > 1:
+        return analysis.unpartitioned_flops(lowered, step_fn, abstract)
+    return analysis.cost(lowered.compile())[0]
 
 
 def compile_cell(cell: Cell, devices, abstract: bool = False):

@@ -32,6 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from archbench.archs import Unsupported
 from archbench.archs.registry import UserError
 
 PARTS = ("dp", "fsdp", "tp", "ep")
@@ -58,10 +59,6 @@ TP_RULES: tuple[tuple[str, tuple], ...] = (
 # Expert parallelism: archs/moe.py's stacked expert weights, (E, D, F) and (E, F, D), and
 # their optimizer moments, split along the expert dimension over "data".
 EP_RULES: tuple[tuple[str, tuple], ...] = ((r"/mlp/experts/(w1|w2|w3)$", ("data", None, None)),)
-
-
-class Unsupported(Exception):
-    """A cell that this strategy cannot run (recorded with status "unsupported")."""
 
 
 def parse_strategy(text: str) -> tuple[str, ...]:

@@ -13,8 +13,9 @@ import jax
 
 from archbench import archs
 from archbench.archs import UserError
+from archbench.archs._remat import REMATS
 from archbench.engine import measure
-from archbench.engine.cell import can_decode, decode_archs
+from archbench.engine.cell import can_decode, can_remat, decode_archs, remat_archs
 from archbench.engine.sharding import mesh_axes, parse_strategy
 
 AUTO = "auto"
@@ -46,6 +47,7 @@ class CellRequest:
     prompt_len: int | None = None
     gen_len: int | None = None
     variant: str | None = None
+    remat: str | None = None
 
     def cell(self, batch: int | None = None) -> measure.Cell:
         fields = asdict(self)
@@ -167,6 +169,7 @@ def select(
     prompt_len: str | None = None,
     gen_len: str | None = None,
     variant: str | None = None,
+    remat: str | None = None,
 ) -> list[CellRequest]:
     """The cells a set of filters selects, each value checked before anything runs.
 
@@ -188,6 +191,8 @@ def select(
         cells of the selection get no generate cell.
       variant: comma list of implementation variants (`ArchSpec.variants`, e.g. Mamba's scan
         and assoc); each applies to the families that declare it, the others run as they are.
+      remat: comma list of rematerialisation policies (none, full, dots: archbench.archs._remat)
+        of the train cells of the families that have them; other cells run as they are.
     Returns:
       CellRequests in a stable order: architecture, size, mode, dtype, devices, sharding,
       batch, seq_len.
@@ -262,6 +267,7 @@ def select(
             f"none among {', '.join(names)}"
         )
     requests = _with_variants(requests, variant)
+    requests = _with_remat(requests, remat)
     for r in requests:  # anything measure itself refuses, before anything runs
         unit = measure.batch_shards(r.cell(batch=1)) if r.batch == AUTO else None
         measure.validate(r.cell(batch=unit), target)
@@ -274,6 +280,26 @@ def select(
             )
         requests = requests[k - 1 :: n]
     return requests
+
+
+def _with_remat(requests: list[CellRequest], remat: str | None) -> list[CellRequest]:
+    """Each train request of a family that can rematerialise once per asked-for policy."""
+    if remat is None:
+        return requests
+    asked = list(dict.fromkeys(_values("--remat", remat, "")))
+    for r in asked:
+        if r not in REMATS:
+            raise _unknown("remat", r, REMATS)
+    out = []
+    for r in requests:
+        takes = r.mode == "train" and can_remat(archs.get(r.arch))
+        out += [replace(r, remat=p) for p in asked] if takes else [r]
+    if all(r.remat is None for r in out):
+        raise UserError(
+            f"--remat {remat}: applies to train cells of {', '.join(remat_archs())}; "
+            "none is selected"
+        )
+    return out
 
 
 def _with_variants(requests: list[CellRequest], variant: str | None) -> list[CellRequest]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from archbench.archs import UserError
+from archbench.archs import UserError, plugins
 from archbench.engine import aot, measure, topology
-from archbench.matrix import cells, results, session
+from archbench.matrix import cells, interop, results, session
 
 FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
 FILTERS += ("prompt_len", "gen_len")  # mode generate
 FILTERS += ("variant",)
+FILTERS += ("remat",)  # train cells' rematerialisation policies
 PLUGIN = "archbench-matrix"
 
 
@@ -33,6 +34,7 @@ def pytest_addoption(parser):
     )
     group.addoption("--gen-len", dest="gen_len", help="generate: tokens decoded (default: 32)")
     group.addoption("--variant", help="implementation variants, e.g. scan,assoc (Mamba)")
+    group.addoption("--remat", help="train: rematerialisation policies, none,full,dots")
     group.addoption("--sharding", help="strategies: dp, fsdp, tp, fsdp+tp, ep (default: dp)")
     group.addoption("--mesh", help="named mesh axes for every cell, e.g. data=2,model=2")
     group.addoption(
@@ -53,6 +55,20 @@ def pytest_addoption(parser):
     group.addoption(
         "--target-topology", help="compile for this TPU topology (v5e:2x2, ...): needs libtpu"
     )
+    group.addoption(
+        "--plugin",
+        action="append",
+        help="a .py file or module that registers architectures (archbench.register)",
+    )
+    group.addoption(  # not --profile: pytest-profiling has that one
+        "--archbench-profile",
+        metavar="DIR",
+        help="a jax.profiler trace of a few steps of each cell, after its timed rounds: "
+        "DIR/<cell_id>/",
+    )
+    group.addoption(
+        "--dump-hlo", metavar="DIR", help="each cell's optimized HLO: DIR/<cell_id>.hlo.txt"
+    )
     group.addoption("--archbench-out", help="results file, rewritten after every cell")
     group.addoption(
         "--archbench-resume", action="store_true", help="skip cells already ok in the file"
@@ -67,7 +83,10 @@ def pytest_configure(config):
         raise pytest.UsageError("--target-s must be positive")
     memory = config.getoption("device_memory")
     name = config.getoption("target_topology")
+    if config.getoption("archbench_profile") and config.getoption("compile_only"):
+        raise pytest.UsageError("--profile traces steps that run; --compile-only runs none")
     try:
+        plugins.load_files(config.getoption("plugin"))  # `archbench run` loaded them already
         requests = cells.select(
             **{name: config.getoption(name) for name in FILTERS},
             split=config.getoption("split"),
@@ -82,11 +101,16 @@ def pytest_configure(config):
             compile_only=config.getoption("compile_only"),
             device_memory=memory and aot.parse_memory(memory),
             target_topology=config.getoption("target_topology"),
+            profile_dir=config.getoption("archbench_profile"),
+            dump_hlo=config.getoption("dump_hlo"),
         )
     except UserError as e:
         raise pytest.UsageError(str(e)) from None
     plugin.requests = requests
     config.pluginmanager.register(plugin, PLUGIN)
+    if not config.getoption("archbench_progress"):  # run by hand, not by `archbench run`
+        filters = {name: config.getoption(name) for name in (*FILTERS, "split")}
+        config.pluginmanager.register(interop.straight_run(config, filters, len(requests)))
 
 
 def pytest_generate_tests(metafunc):
@@ -110,6 +134,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     # already fills (its "cpu" dict) keeps its value, archbench's goes in as archbench_<key>
     for key, value in measure.device_info().items():
         machine_info[f"archbench_{key}" if key in machine_info else key] = value
+    machine_info.update(interop.machine_facts())  # environment, archbench version and commit
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):

@@ -13,6 +13,7 @@ loses at most the cell in flight; `load_results` refuses anything that is not su
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -23,6 +24,7 @@ from archbench.archs import UserError
 
 SCHEMA = 1
 MARKER = "archbench"
+STATS_PER = "step"  # marker(): the unit of pytest-benchmark's stats
 
 # The columns every flat row has, in this order; extra_info keys beyond these follow them.
 FLAT_COLUMNS = [
@@ -36,15 +38,18 @@ FLAT_COLUMNS = [
     "sharding",
     "mesh",
     "variant",
+    "remat",
     "status",
     "params",
     "flops_per_step",
+    "model_flops_per_step",
     "step_time_s",
     "step_time_iqr_s",
     "samples_per_s",
     "tokens_per_s",
     "tflops_per_s",
     "mfu",
+    "hfu",
     "lower_s",
     "compile_s",
     "compiled_bytes",
@@ -58,11 +63,18 @@ FLAT_COLUMNS = [
 CELL_KEYS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
 CELL_KEYS += ("prompt_len", "gen_len")  # mode generate; None for the others and in old files
 CELL_KEYS += ("variant",)  # None: the family's default implementation
+CELL_KEYS += ("remat",)  # train: the blocks' rematerialisation policy; None: none asked for
 
 
 def marker(**fields) -> dict:
-    """The top-level marker that makes a pytest-benchmark JSON file an archbench results file."""
-    return {"schema": SCHEMA, **fields}
+    """The top-level marker that makes a pytest-benchmark JSON file an archbench results file.
+
+    "stats_per": what one pytest-benchmark iteration of a row's `stats` is: "step" (a train or
+    infer step, `iterations` per round; a generate cell's is one whole generation). Files
+    without it (written before stats were per step) hold the time of a whole round of
+    steps; archbench itself reads only extra_info, the same in both.
+    """
+    return {"schema": SCHEMA, "stats_per": STATS_PER, **fields}
 
 
 def is_ok(row: dict) -> bool:
@@ -113,7 +125,41 @@ def load_results(path: str | os.PathLike) -> dict:
         raise UserError(f"{path}: corrupt results file ('benchmarks' is not a list of objects)")
     if not isinstance(doc.get("machine_info", {}), dict):
         raise UserError(f"{path}: corrupt results file ('machine_info' is not an object)")
+    for i, row in enumerate(benchmarks):
+        problem = _row_problem(row)
+        if problem:
+            name = row.get("param") or (row.get("extra_info") or {}).get("cell_id") or "?"
+            raise UserError(f"{path}: corrupt cell benchmarks[{i}] ({name}): {problem}")
     return doc
+
+
+# extra_info values a report computes with: a number or null, whatever else a file holds
+_NUMBERS = ("batch", "devices", "seq_len", "prompt_len", "gen_len", "params")
+_NUMBERS += ("flops_per_step", "step_time_s", "step_time_iqr_s", "samples_per_s")
+_NUMBERS += ("tokens_per_s", "tflops_per_s", "mfu", "lower_s", "compile_s")
+_NUMBERS += ("compiled_bytes", "peak_bytes")
+_TEXTS = ("arch", "size", "mode", "dtype", "status", "error", "cell_id")
+
+
+def _row_problem(row: dict) -> str | None:
+    """What is wrong with one benchmarks[] entry of a hand-edited or foreign file, or None."""
+    for key in ("params", "extra_info", "stats"):
+        if row.get(key) is not None and not isinstance(row[key], dict):
+            return f"{key!r} is {type(row[key]).__name__}, not an object"
+    info = row.get("extra_info") or {}
+    for key in _NUMBERS:
+        value = info.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"{key!r} is {value!r}, not a number"
+    for key in _TEXTS:
+        if info.get(key) is not None and not isinstance(info[key], str):
+            return f"{key!r} is {info[key]!r}, not text"
+    stats = row.get("stats") or {}
+    for key in ("min", "max", "mean", "median", "iqr", "stddev"):
+        value = stats.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"stats {key!r} is {value!r}, not a number"
+    return None
 
 
 def check_out_file(path: str | os.PathLike) -> dict | None:
@@ -132,9 +178,25 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+class WriteError(UserError):
+    """A file could not be written (a full disk, no permission); it holds what it held before."""
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replace `path` with `text` in one step: a reader sees the old file or the new, never half."""
+    """Replace `path` with `text` in one step: a reader sees the old file or the new, never half.
+
+    Raises:
+      WriteError naming the file and the reason (ENOSPC, EACCES, ...); the file is unchanged.
+    """
     path = Path(path)
+    try:
+        _write_atomic(path, text)
+    except OSError as e:
+        kept = "left as it was" if path.is_file() else "not written"
+        raise WriteError(f"{path}: cannot write it ({e.strerror or e}); {kept}") from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -147,6 +209,13 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def leftover_tmp_files(path: str | os.PathLike) -> list[Path]:
+    """The temporary files of `write_atomic` beside `path` that a killed writer left (never
+    results themselves: a reader looks for `path` only)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
 
 
 def dump_results(doc: dict) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -27,12 +28,13 @@ import pytest
 from archbench import units
 from archbench.engine import aot, autobatch, distributed, generate, measure, topology
 from archbench.engine.sharding import Unsupported
-from archbench.matrix import results
+from archbench.matrix import artifacts, interop, results
 from archbench.matrix.cells import AUTO, CellRequest
 
 DEFAULT_TARGET_S = 1.5
 MIN_ROUNDS = 5  # enough for a median and an interquartile range
 MAX_ROUNDS = 1000  # a cap only: calibrated rounds last >= 50 ms, so target_s decides
+WRITE_FAILED = 74  # pytest.main's status when the results file could not be written (EX_IOERR)
 
 
 # ---- one cell -------------------------------------------------------------------------------
@@ -44,13 +46,19 @@ def plan_rounds(round_s: float, target_s: float) -> int:
 
 
 def compile_request(
-    benchmark, request: CellRequest, device_memory: int | None, target=None, topology=None
+    benchmark,
+    request: CellRequest,
+    device_memory: int | None,
+    target=None,
+    topology=None,
+    hlo_dir=None,
 ) -> dict:
     """Compile one cell without running it (aot.compile_only) into `benchmark`'s extra_info.
 
     Batch "auto" is the largest that fits `device_memory` (found by compiling only), or the
     smallest batch when no memory is given. `target`: the devices of TPU topology `topology`
-    to compile for (archbench.engine.topology); None: this host's.
+    to compile for (archbench.engine.topology); None: this host's. `hlo_dir`: save the
+    compiled step's HLO there (archbench.matrix.artifacts).
     """
     cell = request.cell(
         batch=measure.batch_shards(request.cell(batch=1)) if request.batch == AUTO else None
@@ -61,7 +69,14 @@ def compile_request(
         return info
     if request.batch == AUTO and device_memory is not None:
         cell = request.cell(batch=aot.largest_batch_that_fits(cell, device_memory, target=target))
-    info = aot.compile_only(cell, device_memory, target)
+    hlo = {}
+    info = aot.compile_only(
+        cell,
+        device_memory,
+        target,
+        on_compiled=lambda c: hlo.update(hlo_file=artifacts.write_hlo(hlo_dir, cell.id, c)),
+    )
+    info.update(hlo)
     if request.batch == AUTO:
         info["batch_request"] = AUTO
     if topology is not None:
@@ -71,14 +86,19 @@ def compile_request(
     return info
 
 
-def measure_request(benchmark, request: CellRequest, target_s: float) -> dict:
+def measure_request(
+    benchmark, request: CellRequest, target_s: float, profile_dir=None, hlo_dir=None
+) -> dict:
     """Measure one cell into the pytest-benchmark fixture `benchmark`.
 
     Resolves batch "auto" (autobatch.find_max_batch), prepares the cell (build, lower and
     compile ahead of time), warms up and calibrates steps_per_round (Prepared.calibrate),
     times one probe round, then runs
     `benchmark.pedantic(prepared.run_round, rounds=R, iterations=1, warmup_rounds=0)` with
-    R rounds filling about `target_s`, and summarises the round times.
+    R rounds filling about `target_s`, and summarises the round times; pytest-benchmark's
+    stats are then made per step (interop.per_step_stats), as archbench reports. `hlo_dir`:
+    the compiled step's HLO is saved there; `profile_dir`: a few more steps are traced there,
+    after the summary (archbench.matrix.artifacts), so the profiler never touches a timing.
 
     Returns:
       The cell's metrics, also stored in `benchmark.extra_info`: measure.summarize's dict
@@ -89,12 +109,13 @@ def measure_request(benchmark, request: CellRequest, target_s: float) -> dict:
         batch=measure.batch_shards(request.cell(batch=1)) if request.batch == AUTO else None
     )
     if cell.mode == "generate":
-        return _measure_generate(benchmark, cell, target_s)
-    prepared = None
+        return _measure_generate(benchmark, cell, target_s, profile_dir, hlo_dir)
+    prepared, files = None, {}
     try:
         if request.batch == AUTO:
             cell = request.cell(batch=autobatch.find_max_batch(cell))
         prepared = measure.prepare(cell)
+        files["hlo_file"] = artifacts.write_hlo(hlo_dir, cell.id, prepared.compiled)
         # a warm-up round; rounds of >= 50 ms, process 0's round times deciding for all
         prepared.calibrate(warmup=1, agree=distributed.agreed)
         start = time.perf_counter()
@@ -103,40 +124,49 @@ def measure_request(benchmark, request: CellRequest, target_s: float) -> dict:
         benchmark.pedantic(prepared.run_round, rounds=rounds, iterations=1, warmup_rounds=0)
         if benchmark.enabled:
             round_times = list(benchmark.stats.stats.data)
+            interop.per_step_stats(benchmark.stats, prepared.steps_per_round)
         else:  # --benchmark-disable: pedantic ran one untimed round; time one more here
             start = time.perf_counter()
             prepared.run_round()
             round_times = [time.perf_counter() - start]
         info = measure.summarize(cell, prepared, round_times)
+        if profile_dir is not None:
+            files.update(artifacts.trace(profile_dir, cell.id, prepared.step))
     except Exception as e:
         info = measure.failure(cell, e)
     finally:
         prepared = None
         gc.collect()  # free this cell's buffers before the next one compiles
+    info.update({k: v for k, v in files.items() if v is not None})
     if request.batch == AUTO:
         info["batch_request"] = AUTO
     benchmark.extra_info.update(info)
     return info
 
 
-def _measure_generate(benchmark, cell, target_s: float) -> dict:
+def _measure_generate(benchmark, cell, target_s: float, profile_dir=None, hlo_dir=None) -> dict:
     """A generate cell (archbench.engine.generate): pytest-benchmark times whole generations
-    (prefill and gen_len decode steps); the record is built from the generation's own timers
-    (time to first token, each decode step)."""
-    gen = None
+    (prefill and gen_len decode steps; its stats are per generation); the record is built
+    from the generation's own timers (time to first token, each decode step)."""
+    gen, files = None, {}
     try:
         gen = generate.prepare(cell)
+        files["hlo_file"] = artifacts.write_hlo(hlo_dir, cell.id, gen.decode, "decode")
+        files["prefill_hlo_file"] = artifacts.write_hlo(hlo_dir, cell.id, gen.prefill, "prefill")
         start = time.perf_counter()
         gen.run_round(record=False)  # the warm-up generation, timed to plan the rounds
         rounds = plan_rounds(distributed.agreed(time.perf_counter() - start), target_s)
         rounds = min(max(rounds, generate.MIN_ROUNDS), generate.MAX_ROUNDS)
         benchmark.pedantic(gen.run_round, rounds=rounds, iterations=1, warmup_rounds=0)
         info = generate.summarize(gen)
+        if profile_dir is not None:  # one more generation, untimed and unrecorded
+            files.update(artifacts.trace(profile_dir, cell.id, lambda: gen.run_round(False), 1))
     except Exception as e:
         info = measure.failure(cell, e)
     finally:
         gen = None
         gc.collect()
+    info.update({k: v for k, v in files.items() if v is not None})
     benchmark.extra_info.update(info)
     return info
 
@@ -182,6 +212,8 @@ class MatrixSession:
       device_memory: bytes of one device; compiled cells say whether they fit it.
       target_topology: compile for this TPU topology's devices ("v5e:2x2"); its chips' memory
         is the default device_memory.
+      profile_dir, dump_hlo: folders for each cell's profiler trace and its compiled HLO
+        (archbench.matrix.artifacts); None: none written.
     """
 
     def __init__(
@@ -194,8 +226,11 @@ class MatrixSession:
         compile_only=False,
         device_memory=None,
         target_topology=None,
+        profile_dir=None,
+        dump_hlo=None,
     ):
         self.config = config
+        self.profile_dir, self.hlo_dir = profile_dir, dump_hlo
         self.main = distributed.is_main()  # the others write nothing and stay quiet
         self.out = out if self.main else None
         self.target_s = target_s
@@ -213,8 +248,10 @@ class MatrixSession:
         self.started = datetime.now(UTC).isoformat()
         self.measured = 0
         self.notes: list[str] = []
+        self.write_error: str | None = None  # why the results file could not be written
         existing = results.check_out_file(self.out) if self.out else None
         if existing and resume:
+            interop.stats_per_step(existing)  # a file from before per-step stats: one unit
             self.rows = {row_key(r): r for r in existing["benchmarks"]}
             self.started = existing[results.MARKER].get("started", self.started)
         done = sorted(k for k, r in self.rows.items() if results.is_ok(r))
@@ -264,8 +301,17 @@ class MatrixSession:
         if self.bar is not None:
             self.bar.set_description_str("")
             self.bar.close()
-        if self.out and self.measured:
-            self.write(complete=exitstatus == pytest.ExitCode.OK)
+        if self.out and self.measured and self.write_error is None:
+            try:
+                self.write(complete=exitstatus == pytest.ExitCode.OK)
+            except results.WriteError as e:
+                self.write_error = str(e)
+        if self.write_error is not None:  # one line, as archbench's errors are (run: exit 2)
+            resume = " (--resume continues it)" if os.path.isfile(self.out) else ""
+            print(
+                f"archbench: error: {self.write_error}; the matrix stopped{resume}", file=sys.stderr
+            )
+            session.exitstatus = WRITE_FAILED
 
     # -- results
 
@@ -286,8 +332,14 @@ class MatrixSession:
             )
         if status not in ("ok", "compiled"):
             self.notes.append(f"{info.get('cell_id')}: {status}: {info.get('error')}")
+        if info.get("profile_error"):  # the timings stand; only the trace is missing
+            self.notes.append(f"{info.get('cell_id')}: no profile: {info['profile_error']}")
         if self.out:
-            self.write()
+            try:
+                self.write()
+            except results.WriteError as e:  # a full disk: stop here (said at session finish)
+                self.write_error = str(e)
+                pytest.exit(self.write_error, returncode=WRITE_FAILED)
 
     def write(self, complete: bool = False) -> None:
         if not (self.main and self.out):  # process 0 alone writes the results file

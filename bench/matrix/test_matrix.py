@@ -26,12 +26,13 @@ def test_cell(
     prompt_len,
     gen_len,
     variant,
+    remat,
     benchmark,
     matrix_session,
 ):
     request = CellRequest(
         arch, size, mode, batch, dtype, devices, seq_len, sharding, mesh, prompt_len, gen_len,
-        variant,
+        variant, remat,
     )  # fmt: skip
     if matrix_session.compile_only:
         info = compile_request(
@@ -40,9 +41,16 @@ def test_cell(
             matrix_session.device_memory,
             matrix_session.target,
             matrix_session.topology,
+            hlo_dir=matrix_session.hlo_dir,
         )
     else:
-        info = measure_request(benchmark, request, matrix_session.target_s)
+        info = measure_request(
+            benchmark,
+            request,
+            matrix_session.target_s,
+            profile_dir=matrix_session.profile_dir,
+            hlo_dir=matrix_session.hlo_dir,
+        )
     matrix_session.record(benchmark, info)
     if info["status"] not in ("ok", "compiled"):
         pytest.skip(f"{info['cell_id']}: {info['status']}: {info.get('error')}")

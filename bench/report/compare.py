@@ -35,6 +35,8 @@ def describe_key(key: tuple) -> str:
         parts.append(f"{d['sharding']} {d['mesh']}")
     if d.get("variant"):
         parts.append(f"variant {d['variant']}")
+    if d.get("remat"):
+        parts.append(f"remat {d['remat']}")
     return " ".join(parts)
 
 

@@ -7,7 +7,8 @@ opens offline; the Markdown file has the same tables, with the plots as SVG file
 Comparison first: one card per run with its speedup over the first; the speedup per family
 and per architecture; the main table, one row per architecture and size, train and infer side
 by side; the plots; sharding strategies; generation (prefill, then decoding token by token);
-training curves; each run's environment; failed cells; and, folded, every flat row with every
+rematerialisation (train cells with --remat against none);
+training curves; links to profiler traces and HLO files; each run's environment; failed cells; and, folded, every flat row with every
 number.
 """
 
@@ -147,7 +148,8 @@ def _speedup_section(runs: list[Run], comparisons):
     return Section(f"Speedup over {runs[0].label}", "speedup", blocks)
 
 
-def _figures(rows: list[dict], labels: list[str]) -> list:
+def plot_figures(rows: list[dict], labels: list[str]) -> list:
+    """The Plots section's plots (Figure or Skipped) of flat rows with run labels."""
     from archbench.report import plots, tables
 
     headline = tables.headline_rows(rows)
@@ -180,7 +182,7 @@ def _figures(rows: list[dict], labels: list[str]) -> list:
 
 def build_sections(runs: list[Run], training_dirs=()) -> list:
     """Everything the report shows, in order, whatever the output format."""
-    from archbench.report import curves, generation, strategies, tables
+    from archbench.report import curves, generation, profiles, remat, strategies, tables
     from archbench.report.render import Details, Section
 
     rows = [r for run in runs for r in run.rows]
@@ -204,7 +206,7 @@ def build_sections(runs: list[Run], training_dirs=()) -> list:
     if missing:
         note += f" Not reported by any run, so left out: {', '.join(missing)}."
     sections.append(Section("Architectures", "main", [note, main]))
-    sections.append(Section("Plots", "plots", _figures(rows, labels)))
+    sections.append(Section("Plots", "plots", plot_figures(rows, labels)))
     sharded = strategies.strategy_table(rows)
     if sharded is not None:
         note = (
@@ -227,12 +229,18 @@ def build_sections(runs: list[Run], training_dirs=()) -> list:
         )
         figures = generation.generation_figures(rows, labels)
         sections.append(Section("Generation", "generation", [note, generated, *figures]))
+    rematerialised = remat.remat_table(rows)
+    if rematerialised is not None:
+        sections.append(Section("Rematerialisation", "remat", [remat.NOTE, rematerialised]))
 
     if training_dirs:
         truns = [curves.load_training_run(d) for d in curves.find_run_dirs(training_dirs)]
         blocks = [curves.training_table(truns), *(curves.curves_figure(t) for t in truns)]
         sections.append(Section("Training curves", "training", blocks))
 
+    profiled = profiles.profile_section(rows)  # --profile traces and --dump-hlo files
+    if profiled is not None:
+        sections.append(profiled)
     sections.append(Section("Environment", "env", [tables.environment_table(runs)]))
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:

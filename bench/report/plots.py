@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import matplotlib
 
@@ -37,6 +37,7 @@ class Figure:
     svg: str
     caption: str = ""
     wide: bool = False
+    figure: object = field(default=None, repr=False)  # the matplotlib Figure (archbench.plot)
 
 
 @dataclass
@@ -54,7 +55,7 @@ def render(fig, name: str, title: str, caption: str = "", wide: bool = False) ->
     with plt.rc_context({"svg.hashsalt": f"archbench-{name}", "svg.fonttype": "none"}):
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
-    return Figure(name, title, buf.getvalue(), caption, wide)
+    return Figure(name, title, buf.getvalue(), caption, wide, fig)
 
 
 def _style():
@@ -243,6 +244,7 @@ def throughput_bars(rows: list[dict], runs: list[str]) -> Figure | Skipped:
 # How a series names the configuration that sets it apart: "b=8", "T=128", "×2 dev".
 SHORT = {"batch": "b=", "dtype": "", "devices": "dev=", "seq_len": "T=", "sharding": ""}
 SHORT["variant"] = ""
+SHORT["remat"] = "remat "
 # What tells two cells of one architecture, size and mode apart: a series varies one of them.
 SERIES_KEYS = tuple(SHORT)
 

@@ -1,7 +1,7 @@
 """The report as a document: sections of blocks, rendered to self-contained HTML or Markdown.
 
 A block is a paragraph (str), a tables.Table, a plots.Figure or plots.Skipped, Cards or
-Details. HTML gets the CSS inline and every plot as an SVG data URI: no script, font or
+Details, or any object with to_html() and to_markdown() methods. HTML gets the CSS inline and every plot as an SVG data URI: no script, font or
 anything else to fetch, so the file opens offline. Markdown gets the same tables, and the
 plots as SVG files in a folder beside it.
 """
@@ -132,6 +132,8 @@ def block_html(block) -> str:
                 f'<p class="big">{esc(c.big)}</p>{body}</div>'
             )
         return f'<div class="cards">{"".join(out)}</div>'
+    if hasattr(block, "to_html"):  # a block that renders itself (archbench.report.profiles)
+        return block.to_html()
     raise TypeError(f"no HTML for {type(block).__name__}")
 
 
@@ -194,6 +196,8 @@ def block_markdown(block, plot_dir: Path) -> str:
             for c in block.cards
         ]
         return tables.to_markdown(Table(["run", "", "details"], rows))
+    if hasattr(block, "to_markdown"):
+        return block.to_markdown()
     raise TypeError(f"no Markdown for {type(block).__name__}")
 
 

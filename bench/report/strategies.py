@@ -12,7 +12,7 @@ from archbench import units
 from archbench.engine.devices import scaling_efficiency
 from archbench.report.tables import Cell, Table, num
 
-SAME_CELL = ("run", "arch", "size", "mode", "batch", "dtype", "seq_len", "variant")
+SAME_CELL = ("run", "arch", "size", "mode", "batch", "dtype", "seq_len", "variant", "remat")
 
 
 def sharded_rows(rows: list[dict]) -> list[dict]:

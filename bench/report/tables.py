@@ -140,7 +140,7 @@ def headline_rows(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     rows = [r for r in rows if r["mode"] in MODES]  # generate cells have a section of their own
     for r in rows:
-        groups[(r["run"], r["arch"], r["size"], r.get("variant"))].append(r)
+        groups[(r["run"], r["arch"], r["size"], r.get("variant"), r.get("remat"))].append(r)
     dtype_count = Counter((r["run"], r["dtype"]) for r in rows)
     out = []
     for group in groups.values():
@@ -181,6 +181,8 @@ def config_text(r: dict) -> str:
         parts.append(f"T={r['seq_len']}")
     if r.get("variant"):
         parts.append(str(r["variant"]))
+    if r.get("remat"):
+        parts.append(f"remat {r['remat']}")
     return " ".join(parts)
 
 
@@ -257,7 +259,8 @@ def main_table(rows: list[dict], colors: dict[str, str] | None = None) -> tuple[
     metrics, missing = present_metrics(headline)
     by_cell: dict[tuple, dict] = {}
     for r in headline:
-        key = (r.get("family") or "", r["arch"], r["size"], r["run_index"], r.get("variant"))
+        variant = (r.get("variant"), r.get("remat"))  # remat cells are rows of their own
+        key = (r.get("family") or "", r["arch"], r["size"], r["run_index"], variant)
         by_cell.setdefault(key, {})[r["mode"]] = r
     times: dict[tuple, list[float]] = defaultdict(list)  # to mark the fastest of several runs
     for (_, arch, size, _, variant), cell in by_cell.items():

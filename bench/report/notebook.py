@@ -1,0 +1,57 @@
+"""The report's plots for a notebook: results files or a DataFrame of flat rows -> matplotlib
+Figures (archbench.plot).
+
+The figures are the report's own (archbench.report.plots, generation), drawn from the same
+flat rows: the report's run labels for files, one run per `source` file for a DataFrame.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from archbench.archs import UserError
+
+# Cell keys that are whole numbers; a DataFrame column with a missing value holds them as floats.
+INTEGER_KEYS = ("batch", "devices", "seq_len", "prompt_len", "gen_len", "params")
+
+
+def _plain(key: str, value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if key in INTEGER_KEYS and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def rows_from_frame(frame) -> list[dict]:
+    """Flat rows from a DataFrame of them (archbench.load, perhaps filtered): NaN back to
+    None, and a `run` label per source file where the frame has none."""
+    rows = [{k: _plain(k, v) for k, v in r.items()} for r in frame.to_dict("records")]
+    if rows and "status" not in rows[0]:
+        raise UserError("plot: the DataFrame has no 'status' column; pass archbench.load's rows")
+    sources = list(dict.fromkeys(r.get("source") for r in rows))
+    for r in rows:
+        if r.get("run") is None:
+            r["run"] = Path(str(r.get("source") or "results")).stem
+        r.setdefault("run_index", sources.index(r.get("source")))
+    return rows
+
+
+def figures(data) -> dict:
+    """Every plot of the report, by name: a plots.Figure (its matplotlib Figure in `.figure`),
+    or a plots.Skipped saying why the data cannot draw it.
+
+    Args:
+      data: a results file, a list of them, or a DataFrame of flat rows.
+    """
+    from archbench.report import document, generation
+
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # a pandas DataFrame
+        rows = rows_from_frame(data)
+    else:
+        paths = [data] if isinstance(data, str | Path) else list(data)
+        rows = [r for run in document.load_runs(paths) for r in run.rows]
+    labels = list(dict.fromkeys(r["run"] for r in rows))
+    drawn = [*document.plot_figures(rows, labels), *generation.generation_figures(rows, labels)]
+    return {f.name: f for f in drawn}
