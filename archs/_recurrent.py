@@ -1,11 +1,13 @@
 """Shared machinery of the recurrent families (RNN, LSTM, GRU): the time scan and the classifier.
 
-A recurrent layer computes the input projection of every step with one matmul,
-(B, T, F) @ (F, G*H), before the scan (per step when F = 1, see `RecurrentLayer.scan`); the
-scan then carries only the recurrent part h @ U. The "fused" variant (field `fused`) instead
-does both projections in the step, one matmul of [x_t, h] against [W; U] (the same
-parameters, stacked): no (T, B, G*H) projection is materialised between the two. Which is
-faster depends on the backend and the sizes.
+Two implementations of one layer, the same parameters (`fused`, the variants "fused" and
+"hoisted"). The default, "fused", does both projections in each step, one matmul of [x_t, h]
+against [W; U] (the parameters stacked once, outside the loop): no (T, B, G*H) projection is
+materialised. "hoisted" computes the input projection of every step with one matmul,
+(B, T, F) @ (F, G*H), before the scan (per step when F = 1, see `RecurrentLayer.scan`), and the
+scan carries only h @ U. On the 2-core CPU fused is the faster or equal one (B=32, small;
+`python -m archbench.checks.variants --arch lstm --variants default,hoisted`): LSTM infer 0.59x,
+GRU infer 0.42x, train 0.93-0.95x, RNN and deep RNN within noise (docs/performance.md).
 Every module has an `unroll` field passed to `jax.lax.scan`: XLA's cost analysis counts a
 scan body once, so the benchmark builds the module with unroll=T to count FLOPs of all steps.
 """
@@ -29,8 +31,8 @@ READOUTS = ("last", "flatten")
 # where the input projection happens, and how many steps lax.scan unrolls into one loop
 # iteration (the benchmark counts FLOPs with unroll = T whichever is timed).
 VARIANTS = {
-    "hoisted": {},
-    "fused": {"fused": True},
+    "fused": {},  # the default
+    "hoisted": {"fused": False},
     **{f"unroll{n}": {"unroll": n} for n in (2, 4, 8)},
 }
 
@@ -41,7 +43,7 @@ class RecurrentLayer(nn.Module):
     hidden: int
     reverse: bool = False
     unroll: int = 1
-    fused: bool = False  # [x_t, h] @ [W; U] in each step instead of x W hoisted out of the scan
+    fused: bool = True  # [x_t, h] @ [W; U] in each step; False: x W hoisted out of the scan
     kernel_init: Callable = DEFAULT_KERNEL_INIT
     recurrent_init: Callable = DEFAULT_RECURRENT_INIT
     dtype: jnp.dtype = jnp.float32
@@ -127,7 +129,7 @@ class RecurrentClassifier(nn.Module):
     bidirectional: bool = False
     readout: str = "last"
     unroll: int = 1
-    fused: bool = False  # each layer's `fused`: the implementation variant "fused"
+    fused: bool = True  # each layer's `fused`; False is the implementation variant "hoisted"
     kernel_init: Callable = DEFAULT_KERNEL_INIT
     recurrent_init: Callable = DEFAULT_RECURRENT_INIT
     dtype: jnp.dtype = jnp.float32

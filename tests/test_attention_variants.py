@@ -17,7 +17,7 @@ import pytest
 from archbench import archs
 from archbench.archs._transformer import ATTENTION_IMPLS, attention, einsum_attention
 from archbench.cli.main import main
-from archbench.engine import aot, generate
+from archbench.engine import generate
 from archbench.engine.cell import Cell, build
 
 TRANSFORMERS = ["gpt", "encoder", "transformer", "llama", "moe", "vit"]
@@ -50,7 +50,10 @@ def test_every_transformer_family_declares_the_attention_variants():
         assert build(einsum).attention_impl == "einsum"
 
 
-@pytest.mark.parametrize("arch", TRANSFORMERS)
+# Both attention code paths and every mask kind: causal self-attention (gpt's
+# MultiHeadAttention), non-causal and cross attention (the encoder-decoder's), grouped-query
+# heads (Llama's, which MoE inherits); encoder and ViT call gpt's attention without a mask.
+@pytest.mark.parametrize("arch", ["gpt", "transformer", "llama"])
 def test_variants_compute_the_same_outputs_and_gradients(arch):
     spec = archs.get(arch)
     inputs = spec.size("tiny").input
@@ -158,19 +161,6 @@ def test_generation_gives_the_same_tokens_with_each_variant(arch):
     out = generations(_random_params(shapes), tokens)
     np.testing.assert_array_equal(out["einsum"], out["default"])
     assert out["default"].shape == (batch, 1 + gen) and len(np.unique(out["default"])) > 2
-
-
-def test_variants_cost_the_same_flops():
-    """XLA's cost analysis of the compiled train step (compile-only: nothing runs) agrees
-    across the variants, so FLOP/s and MFU compare them fairly. Llama: causal, grouped heads,
-    the backward pass; test_run_... compares the infer steps of gpt and encoder."""
-    flops = {}
-    for variant in (None, "einsum"):  # "xla" is None's program in jax 0.12
-        r = aot.compile_only(Cell("llama", "tiny", "train", 4, "float32", variant=variant))
-        assert r["status"] == "compiled", r["error"]
-        flops[variant] = r["flops_per_step"]
-    assert flops[None] > 0
-    assert flops["einsum"] == pytest.approx(flops[None], rel=0.03), flops
 
 
 @pytest.mark.skipif(ON_GPU, reason="cudnn runs on a GPU")
