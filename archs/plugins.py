@@ -31,7 +31,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from archbench.archs import _nnx
 from archbench.archs.registry import _REGISTRY as _registry
 from archbench.archs.registry import (
     INPUT_KINDS,
@@ -130,7 +129,9 @@ def _spec(name, module, sizes, task, input, family, variants) -> ArchSpec:
         raise bad(f"already registered (by {by})")
     if task not in TASKS:
         raise bad(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
-    if _nnx.is_nnx_class(module):
+    if _is_nnx_class(module):
+        from archbench.archs import _nnx  # flax.nnx costs 0.35 s to import: only when used
+
         factory = _nnx.NNXFactory(module)
     elif isinstance(module, type):  # a Linen module class
         factory = module
@@ -305,3 +306,9 @@ def load_entry_points() -> list[str]:
 
 
 before_first_query(load_entry_points)
+
+
+def _is_nnx_class(obj) -> bool:
+    """Whether `obj` is a Flax NNX module class; a module defining one has imported flax.nnx."""
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(obj, type) and issubclass(obj, nnx.Module)
