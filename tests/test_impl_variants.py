@@ -81,17 +81,18 @@ def test_families_declare_their_variants():
     for arch in CONV:
         assert {"xla", "nchw", "im2col"} <= set(archs.get(arch).variants)
     assert {"bn-f32", "bn-compute"} <= set(archs.get("resnet").variants)
-    assert archs.get("lstm").build("tiny", **archs.get("lstm").variant("fused")).fused
+    assert archs.get("lstm").build("tiny").fused  # the default: the step's one matmul
+    assert not archs.get("lstm").build("tiny", **archs.get("lstm").variant("hoisted")).fused
 
 
 @pytest.mark.parametrize(
     ("arch", "size", "variant"),
     [
-        ("lstm", "tiny", "fused"),
+        ("lstm", "tiny", "hoisted"),  # against the default, fused
         ("lstm", "tiny", "unroll4"),  # 8 steps: two loop iterations of 4
-        ("rnn", "tiny", "fused"),
-        ("gru", "tiny", "fused"),
-        ("gru", "mnist1d", "fused"),  # one feature, bidirectional: the reversed scan, F = 1
+        ("rnn", "tiny", "hoisted"),
+        ("gru", "tiny", "hoisted"),
+        ("gru", "mnist1d", "hoisted"),  # one feature, bidirectional: the reversed scan, F = 1
     ],
 )
 def test_recurrent_variants_compute_the_same_model(arch, size, variant):
@@ -211,16 +212,20 @@ def test_conv_variants_count_the_default_models_flops():
 def test_run_times_recurrent_variants_as_cells(tmp_path):
     out = tmp_path / "r.json"
     argv = ["run", "--arch", "lstm", "--size", "tiny", "--mode", "infer", "--batch", "4"]
-    assert main([*argv, "--variant", "fused,unroll4", "--target-s", "0.1", "--out", str(out)]) == 0
+    assert (
+        main([*argv, "--variant", "hoisted,unroll4", "--target-s", "0.1", "--out", str(out)]) == 0
+    )
     rows = {
         r["extra_info"]["variant"]: r["extra_info"]
         for r in json.loads(out.read_text())["benchmarks"]
     }
-    assert set(rows) == {"fused", "unroll4"}
+    assert set(rows) == {"hoisted", "unroll4"}
     assert all(r["status"] == "ok" and r["flops_source"] == "xla-unrolled" for r in rows.values())
     # unroll4 is counted unrolled, as the default is: its FLOPs are the default's.
-    fused, default = rows["fused"]["flops_per_step"], rows["unroll4"]["flops_per_step"]
-    assert fused == pytest.approx(default, rel=0.05)
+    hoisted, default = rows["hoisted"]["flops_per_step"], rows["unroll4"]["flops_per_step"]
+    assert hoisted == pytest.approx(default, rel=0.05)
     assert (
-        rows["fused"]["model_flops_per_step"] == rows["unroll4"]["model_flops_per_step"] == default
+        rows["hoisted"]["model_flops_per_step"]
+        == rows["unroll4"]["model_flops_per_step"]
+        == default
     )
