@@ -11,9 +11,6 @@ from archbench.archs.registry import (
     ArchSpec,
     InputSpec,
     Size,
-    UnknownNameError,
-    Unsupported,
-    UserError,
     active_param_count,
     cells,
     count_params,
@@ -24,6 +21,7 @@ from archbench.archs.registry import (
     param_counts,
     register,
 )
+from archbench.errors import UnknownNameError, Unsupported, UserError  # the zoo's errors too
 
 __all__ = [
     "ArchSpec",

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from archbench.archs.registry import Unsupported
+from archbench.errors import Unsupported
 
 Initializer = Callable[..., jax.Array]
 

@@ -12,29 +12,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.errors import UserError, unknown
+
 TASKS = ("classify", "lm", "seq2seq")
 INPUT_KINDS = ("image", "sequence", "tokens", "seq2seq")
-
-
-class UserError(Exception):
-    """Bad input from a user (a name, a value, a file): the CLI prints it as one line, exit 2."""
-
-
-class Unsupported(Exception):
-    """A cell this machine or strategy cannot run: recorded with status "unsupported" and a
-    one-line reason, never an error (a sharding strategy with no form for the model, cuDNN
-    attention off an NVIDIA GPU). Models raise it at trace time."""
-
-
-class UnknownNameError(UserError, KeyError):
-    """An architecture, size or other name that is not registered; the message lists valid ones."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
-        return str(self.args[0])
-
-
-def unknown(what: str, name: str, valid) -> UnknownNameError:
-    return UnknownNameError(f"unknown {what} {name!r}; valid: {', '.join(valid)}")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ archbench.text (formatting) import nothing of archbench. See docs/design.md.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import sys
 
@@ -36,11 +37,14 @@ from importlib import metadata
 import jax
 
 from archbench import archs
-from archbench.archs import ArchSpec, InputSpec, Size, UserError
+from archbench.archs import ArchSpec, InputSpec, Size
 from archbench.archs.plugins import register  # a user's own model: README "Your own model"
+from archbench.engine import cell as _cell
+from archbench.engine import fields as _fields
 from archbench.engine import generate as _generate
 from archbench.engine import measure as _engine
 from archbench.engine.autobatch import find_max_batch
+from archbench.errors import UserError
 
 __all__ = [
     *("ArchSpec", "UserError", "__version__", "active_param_count", "get", "list_archs"),
@@ -82,44 +86,26 @@ def active_param_count(name: str, size: str) -> int:
     return archs.active_param_count(name, size)
 
 
-def measure(
-    arch: str,
-    size: str,
-    *,
-    mode: str = "train",
-    batch: int | str = 32,
-    dtype: str = "float32",
-    devices: int = 1,
-    seq_len: int | None = None,
-    sharding: str = "dp",
-    mesh: str | None = None,
-    target_s: float = TARGET_S,
-    prompt_len: int | None = None,
-    gen_len: int | None = None,
-    variant: str | None = None,
-    remat: str | None = None,
-) -> dict:
+def measure(arch: str, size: str, *, target_s: float = TARGET_S, **fields) -> dict:
     """Measure one benchmark cell, as one cell of `archbench run` does.
 
     Args:
       arch, size: a registered architecture and one of its sizes.
-      mode: "train" (one optax AdamW step), "infer" (a forward pass) or "generate" (a
-        language model prefills `prompt_len` tokens, then decodes `gen_len` tokens greedily
-        one at a time from its cache: archbench.engine.generate).
-      batch: the global batch, split over `devices`; "auto" for the largest devices * 2**k
-        that compiles and runs.
-      dtype: the compute dtype, "float32" or "bfloat16" (parameters stay float32).
-      devices: how many of the devices JAX sees (the first ones) the cell runs on.
-      seq_len: a sequence length other than the model's own (sequence models only).
-      sharding: how the cell is split over them: "dp", "fsdp", "tp", "fsdp+tp" or "ep"
-        (archbench.engine.sharding).
-      mesh: named mesh axes such as "data=2,model=2"; None: the strategy's own.
       target_s: seconds of timed rounds.
-      prompt_len, gen_len: the prompt and the tokens to decode, for mode "generate" only.
-      variant: an implementation variant the family declares (`get(arch).variants`, e.g.
-        Mamba's "scan" or "assoc"); None: its default.
-      remat: train only: "none", "full" or "dots", how each block is rematerialised
-        (archbench.archs._remat) in the families that can; None: not at all.
+      fields: any other field of the cell, by name (archbench.engine.fields, the same as the
+        options of `archbench run`); each left out takes its default:
+        mode: "train" (one optimizer step), "infer" (a forward pass) or "generate" (a
+          language model prefills `prompt_len` tokens, default 64, then decodes `gen_len`,
+          default 32, greedily one at a time from its cache: archbench.engine.generate);
+        batch: the global batch (32), split over `devices`; "auto" for the largest
+          devices * 2**k that compiles and runs (train and infer);
+        dtype: the compute dtype, "float32" or "bfloat16" (parameters stay float32);
+        devices: how many of the devices JAX sees (the first ones) the cell runs on (1);
+        seq_len: a sequence length other than the model's own (sequence models only);
+        sharding, mesh: how the cell is split over them ("dp", "fsdp", "tp", "fsdp+tp", "ep";
+          archbench.engine.sharding) and the named mesh axes ("data=2,model=2");
+        variant: an implementation variant the family declares (`get(arch).variants`);
+        remat: train only: "none", "full" or "dots" (archbench.archs._remat).
     Returns:
       The record the matrix stores in a results file's `extra_info`: step time median and
       IQR, samples/s, FLOPs, memory, compile time, MFU (archbench.engine.outcome.RESULT_KEYS);
@@ -130,33 +116,43 @@ def measure(
     Raises:
       UserError (one line, naming the valid choices) for an unknown name or a bad value.
     """
-    auto = batch == "auto"
-    cell = _engine.Cell(arch, size, mode, 1 if auto else batch, dtype, devices, seq_len)
-    cell = dataclasses.replace(
-        cell,
-        sharding=sharding,
-        mesh=mesh,
-        prompt_len=prompt_len,
-        gen_len=gen_len,
-        variant=variant,
-        remat=remat,
-    )
-    if auto and mode == "generate":
+    unknown = sorted(set(fields) - set(_fields.NAMES))
+    if unknown:
+        raise UserError(
+            f"measure: no field {', '.join(unknown)}; the fields: {', '.join(_fields.NAMES[2:])}"
+        )
+    cell = _cell.filled(_engine.Cell(arch, size, **fields))
+    auto = cell.batch == _fields.AUTO
+    if auto and cell.mode == "generate":
         raise UserError("batch 'auto' is for train and infer; give generate a batch size")
-    if auto:
-        cell = dataclasses.replace(cell, batch=_engine.batch_shards(cell))
+    cell = _cell.with_unit_batch(cell)
     _engine.validate(cell)
     # the project's PRNG: "rbg" initialises models without a kernel per parameter shape
     with jax.default_prng_impl(os.environ.get("JAX_DEFAULT_PRNG_IMPL", "rbg")):
         if auto:
             cell = dataclasses.replace(cell, batch=find_max_batch(cell))
-        if mode == "generate":
+        if cell.mode == "generate":
             record = _generate.measure_generate(cell, target_s=target_s)
         else:
             record = _engine.measure_cell(cell, target_s=target_s)
     if auto:
         record["batch_request"] = "auto"
     return record
+
+
+# help(archbench.measure) shows every field as a keyword argument, with its default
+measure.__signature__ = inspect.Signature(
+    [
+        inspect.Parameter("arch", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str),
+        inspect.Parameter("size", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str),
+        *(
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+            for f in _fields.FIELDS[2:]
+        ),
+        inspect.Parameter("target_s", inspect.Parameter.KEYWORD_ONLY, default=TARGET_S),
+    ],
+    return_annotation=dict,
+)
 
 
 def load(*files):

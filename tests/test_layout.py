@@ -24,6 +24,7 @@ PACKAGE_DIRS = {"bench": "archbench", "archs": "archbench.archs", "train": "arch
 # Rooms from the bottom up: each may import itself and the rooms before it. `archbench` is
 # the package's own __init__ (the API), which may import any room but no room imports it.
 ROOMS = [
+    "archbench.errors",
     "archbench.units",
     "archbench.text",
     "archbench.archs",

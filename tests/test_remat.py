@@ -69,7 +69,7 @@ def test_remat_is_a_cell_axis_of_train_cells_of_families_that_have_it():
         ("mlp", "train", "None"),
     ]
     for r in requests:
-        assert from_id(r.id) == r.cell()  # the id carries the policy, and reads back
+        assert from_id(r.id) == r  # the id carries the policy, and reads back
     assert "gpt-tiny-train-b32-float32-d1-rfull" in {r.id for r in requests}
     assert build(Cell("gpt", "tiny", "train", 8, "float32", remat="dots")).remat == "dots"
     assert build(Cell("mlp", "tiny", "train", 8, "float32")) is not None  # no remat passed

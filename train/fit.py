@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from archbench import archs
-from archbench.archs.registry import InputSpec, UserError
+from archbench.archs.registry import InputSpec
+from archbench.errors import UserError
 from archbench.train.checkpoint import Checkpoints
 from archbench.train.feed import EpochFeed, batch_shards, on_device, place, warm_up_gathers
 from archbench.train.loop import MetricsLog, Run, bpc, data_module, epoch_line, start_evaluation

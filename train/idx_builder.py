@@ -24,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from archbench.archs.registry import UserError
+from archbench.errors import UserError
 
 SPLIT_PREFIX = {"train": "train", "test": "t10k"}  # file prefix of each split
 IMAGE_SHAPE = (28, 28, 1)

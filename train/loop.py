@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from archbench.archs.registry import UserError
+from archbench.errors import UserError
 from archbench.train.feed import EpochFeed, place
 from archbench.train.recipes import Recipe
 from archbench.train.steps import TrainState, jit_eval_step, jit_train_step

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from archbench.archs.registry import UserError, unknown
+from archbench.errors import UserError, unknown
 from archbench.train.recipe_spec import (
     METRICS,
     Constant,

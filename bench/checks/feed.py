@@ -28,7 +28,7 @@ import time
 import jax
 import numpy as np
 
-from archbench.archs import UserError
+from archbench.errors import UserError
 from archbench.text import format_table
 from archbench.train import data, feed, recipes
 from archbench.train.fit import initial_state, load_splits

@@ -29,10 +29,10 @@ import jax
 import numpy as np
 
 from archbench import archs
-from archbench.archs.registry import unknown
 from archbench.engine.cell import Cell, build, validate
 from archbench.engine.measure import Prepared, prepare, time_rounds
 from archbench.engine.outcome import failure
+from archbench.errors import unknown
 from archbench.text import format_table
 from archbench.train.steps import predict
 

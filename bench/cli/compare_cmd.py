@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from archbench.archs import UserError
+from archbench.errors import UserError
 from archbench.report.compare import compare_files, format_comparison, regressions
 
 HELP = "speedups between two runs or accelerators"

@@ -6,8 +6,9 @@ import argparse
 import json
 
 from archbench import archs
-from archbench.archs import UserError, plugins
+from archbench.archs import plugins
 from archbench.engine.cell import can_remat
+from archbench.errors import UserError
 from archbench.text import format_table
 
 HELP = "architectures, sizes and parameter counts"

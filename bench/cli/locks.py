@@ -21,7 +21,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from archbench.archs import UserError
+from archbench.errors import UserError
 from archbench.matrix import results
 
 

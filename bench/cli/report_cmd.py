@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from archbench.archs import UserError
+from archbench.errors import UserError
 from archbench.matrix import results
 from archbench.report.document import write_report
 from archbench.text import format_table

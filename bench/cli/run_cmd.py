@@ -20,64 +20,21 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from archbench.archs import UserError, plugins
+from archbench.archs import plugins
 from archbench.cli import locks
 from archbench.cli.list_cmd import add_plugin_argument
-from archbench.engine import distributed
+from archbench.engine import distributed, fields
+from archbench.errors import UserError
 from archbench.matrix import artifacts, results, session
 
 HELP = "run the benchmark matrix"
 RESULTS_DIR = Path("results")
-FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
-FILTERS += ("prompt_len", "gen_len", "variant")
-FILTERS += ("remat",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     f = p.add_argument_group("filters (comma lists; default: the main job)")
-    f.add_argument("--arch", help="architectures, wildcards allowed (default: all)")
-    f.add_argument("--size", help="sizes (default: small)")
-    f.add_argument(
-        "--mode",
-        help="train, infer, generate (default: all three; generate for the language models "
-        "that decode)",
-    )
-    f.add_argument("--batch", help="batch sizes, or 'auto' for the largest that fits (default: 32)")
-    f.add_argument("--dtype", help="compute dtypes, e.g. float32,bfloat16 (default: float32)")
-    f.add_argument("--devices", help="device counts (default: 1)")
-    f.add_argument("--seq-len", dest="seq_len", help="sequence lengths (default: the model's)")
-    f.add_argument(
-        "--prompt-len",
-        dest="prompt_len",
-        help="generate: prompt lengths, prefilled at once (default: 64, where it fits)",
-    )
-    f.add_argument(
-        "--gen-len",
-        dest="gen_len",
-        help="generate: tokens decoded greedily one at a time after the prompt (default: 32)",
-    )
-    f.add_argument(
-        "--variant",
-        help="implementation variants of the same computation, for the families that declare "
-        "them (archbench list --json: variants), e.g. scan,assoc for Mamba (default: each "
-        "family's own)",
-    )
-    f.add_argument(
-        "--remat",
-        help="rematerialisation of each block in train cells: none, full (recompute all of "
-        "it in the backward pass), dots (keep matmul results), for the Transformer families, "
-        "mixer and resnet (default: none, and no remat in the cell id)",
-    )
-    f.add_argument(
-        "--sharding",
-        help="strategies: dp (batch split, state replicated), fsdp (state split too), tp "
-        "(Transformer heads and MLP split over 'model'), fsdp+tp, ep (Mixture-of-Experts "
-        "experts split over 'data') (default: dp)",
-    )
-    f.add_argument(
-        "--mesh",
-        help="named mesh axes for every cell, e.g. data=2,model=2 (sizes multiply to --devices)",
-    )
+    for field in fields.FIELDS:  # one option per cell field (archbench.engine.fields)
+        f.add_argument(field.option, dest=field.name, help=field.help)
     p.add_argument(
         "--out",
         help=f"results file (default: {RESULTS_DIR}/<backend>-<date>-<time>.json; "
@@ -229,7 +186,7 @@ def pytest_args(args, out: Path | None) -> list[str]:
     ]
     if out is not None:
         argv += ["--archbench-out", str(out)]
-    for name in FILTERS:
+    for name in fields.NAMES:
         value = getattr(args, name)
         if value is not None:
             argv.append(f"--{name.replace('_', '-')}={value}")
@@ -340,7 +297,7 @@ def _run_matrix(args, held: contextlib.ExitStack) -> int:
 
         target = topology.devices(args.target_topology)
     requests = cells.select(
-        **{name: getattr(args, name) for name in FILTERS}, split=args.split, target=target
+        **{name: getattr(args, name) for name in fields.NAMES}, split=args.split, target=target
     )
     info = measure.device_info()
     main = distributed.is_main()  # process 0 checks and writes the results file, and speaks

@@ -14,10 +14,10 @@ import re
 
 import jax
 
-from archbench.archs import UserError
 from archbench.engine.cell import Cell, batch_shards, cell_keys, validate
 from archbench.engine.outcome import RESULT_KEYS, failure
 from archbench.engine.program import compile_cell
+from archbench.errors import UserError
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

@@ -7,10 +7,10 @@ import gc
 
 import jax
 
-from archbench.archs import UserError
 from archbench.engine import measure
 from archbench.engine.cell import Cell, batch_shards, validate
 from archbench.engine.outcome import is_oom
+from archbench.errors import UserError
 
 
 def _try_batch(cell: Cell) -> str:

@@ -1,4 +1,5 @@
-"""A benchmark cell: what is measured, its validation and the keys that describe it."""
+"""A benchmark cell: a value of every field of archbench.engine.fields, its id both ways, its
+validation and the keys that describe it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import dataclasses
 import inspect
 import math
 import re
-from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,84 +15,101 @@ import numpy as np
 
 from archbench import archs
 from archbench.archs._remat import REMATS
-from archbench.archs.registry import InputSpec, unknown
+from archbench.archs.registry import InputSpec
+from archbench.engine.fields import AUTO, BY_NAME, FIELDS, ID_CODECS, MODES, NAMES
 from archbench.engine.sharding import batch_axes, mesh_axes
+from archbench.errors import UserError, unknown
 
-MODES = ("train", "infer", "generate")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # fields.DTYPE_NAMES -> JAX's
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One benchmark cell; `batch` is global (split over `devices`), `dtype` the compute dtype."""
+def _cell_id(cell) -> str:
+    """Stable name, e.g. "mlp-small-train-b32-float32-d1"; the resume key of result files.
 
-    arch: str
-    size: str
-    mode: str  # "train" | "infer" | "generate"
-    batch: int
-    dtype: str  # "float32" | "bfloat16"; parameters stay float32
-    devices: int = 1
-    seq_len: int | None = None  # sequence length override for sequence inputs
-    sharding: str = "dp"  # a strategy of archbench.engine.sharding
-    mesh: str | None = None  # named mesh axes, "data=2,model=2"; None: the strategy's own
-    prompt_len: int | None = None  # generate: tokens of the prompt (prefill)
-    gen_len: int | None = None  # generate: tokens decoded one at a time after the prefill
-    variant: str | None = None  # an implementation variant of the family; None: its default
-    remat: str | None = None  # train: its blocks' remat policy (archs._remat); None: none
+    The fields in table order (archbench.engine.fields), each as its tag and value: those
+    marked `always` always, the others only when they differ from their default (a strategy
+    other than dp adds "-s<strategy>", an explicit mesh "-m<axis><size>...", a generate cell
+    "-p<prompt_len>-g<gen_len>").
+    """
+    parts = []
+    for f in FIELDS:
+        value = getattr(cell, f.name)
+        if f.always or value != f.default:
+            parts.append(f.tag + ID_CODECS.get(f.name, str)(value))
+    return "-".join(parts)
 
-    @property
-    def id(self) -> str:
-        """Stable name, e.g. "mlp-small-train-b32-float32-d1"; the resume key of result files.
 
-        A strategy other than dp adds "-s<strategy>", an explicit mesh "-m<axis><size>...",
-        a generate cell "-p<prompt_len>-g<gen_len>".
-        """
-        name = f"{self.arch}-{self.size}-{self.mode}-b{self.batch}-{self.dtype}-d{self.devices}"
-        if self.seq_len is not None:
-            name += f"-t{self.seq_len}"
-        if self.prompt_len is not None:
-            name += f"-p{self.prompt_len}"
-        if self.gen_len is not None:
-            name += f"-g{self.gen_len}"
-        if self.sharding != "dp":
-            name += f"-s{self.sharding}"
-        if self.mesh is not None:
-            name += "-m" + self.mesh.replace("=", "").replace(",", "")
-        if self.variant is not None:
-            name += f"-v{self.variant}"
-        if self.remat is not None:
-            name += f"-r{self.remat}"
-        return name
+Cell = dataclasses.make_dataclass(
+    "Cell",
+    [(f.name, f.type | None) if f.name == "arch" else (f.name, Any, f.default) for f in FIELDS],
+    frozen=True,
+    namespace={
+        "__doc__": "One benchmark cell: a value of every field of archbench.engine.fields "
+        "(`batch` is global, split over `devices`; `dtype` the compute dtype, parameters "
+        "stay float32).",
+        "id": property(_cell_id),
+        "__module__": __name__,
+    },
+)
+HEAD = FIELDS[:5]  # arch, size, mode, batch, dtype: the id's first five parts, in this order
+
+
+def _form() -> str:
+    head = "-".join(f.tag + f.name.upper() for f in HEAD)
+    rest = "".join(f"[-{f.tag}{f.name.upper()}]" for f in FIELDS[len(HEAD) :])
+    return f"{head}{rest}, e.g. mlp-small-train-b32-float32"
+
+
+def _from_id_text(name: str, text: str):
+    if name == "mesh":
+        return ",".join(f"{a}={n}" for a, n in re.findall(r"([a-z]+)(\d+)", text))
+    if BY_NAME[name].type is int and not (name == "batch" and text == AUTO):
+        return int(text)
+    return text
 
 
 def from_id(text: str) -> Cell:
     """The Cell of an id such as "mlp-small-train-b32-float32[-d2][-t256]" (inverse of Cell.id).
 
-    Raises archs.UserError for text of another form; the names in it are checked by validate.
+    Raises UserError for text of another form; the names in it are checked by validate.
     """
     parts = text.strip().split("-")
-    form = (
-        "ARCH-SIZE-MODE-bBATCH-DTYPE[-dDEVICES][-tSEQ_LEN][-pPROMPT-gGEN][-sSHARDING][-mMESH]"
-        "[-vVARIANT][-rREMAT], "
-        "e.g. mlp-small-train-b32-float32"
-    )
-    if len(parts) < 5 or not parts[3].startswith("b"):
-        raise archs.UserError(f"bad cell {text!r}; expected {form}")
-    fields = {"batch": parts[3][1:]}
-    for part in parts[5:]:
-        key = {"d": "devices", "t": "seq_len", "s": "sharding", "m": "mesh"}.get(part[:1])
-        key = key or {"p": "prompt_len", "g": "gen_len", "v": "variant", "r": "remat"}.get(part[:1])
-        if key is None or key in fields:
-            raise archs.UserError(f"bad cell {text!r}; expected {form}")
-        fields[key] = part[1:]
-    words = {k: fields.pop(k) for k in ("sharding", "mesh", "variant", "remat") if k in fields}
-    if "mesh" in words:
-        words["mesh"] = ",".join(f"{a}={n}" for a, n in re.findall(r"([a-z]+)(\d+)", words["mesh"]))
+    bad = UserError(f"bad cell {text!r}; expected {_form()}")
+    if len(parts) < len(HEAD):
+        raise bad
+    texts = {}
+    for f, part in zip(HEAD, parts, strict=False):
+        if not part.startswith(f.tag) or part == f.tag:
+            raise bad
+        texts[f.name] = part[len(f.tag) :]
+    tags = {f.tag: f.name for f in FIELDS[len(HEAD) :]}
+    for part in parts[len(HEAD) :]:
+        name = tags.get(part[:1])
+        if name is None or name in texts:
+            raise bad
+        texts[name] = part[1:]
     try:
-        numbers = {key: int(value) for key, value in fields.items()}
+        return Cell(**{name: _from_id_text(name, t) for name, t in texts.items()})
     except ValueError:
-        raise archs.UserError(f"bad cell {text!r}; expected {form}") from None
-    return Cell(parts[0], parts[1], parts[2], dtype=parts[4], **numbers, **words)
+        raise bad from None
+
+
+def filled(cell: Cell) -> Cell:
+    """`cell` with the fields that apply to its mode and have a `fill` value filled in where
+    unset (a generate cell's 64-token prompt and 32 generated tokens)."""
+    fills = {
+        f.name: f.fill
+        for f in FIELDS
+        if f.fill is not None and cell.mode in f.modes and getattr(cell, f.name) is None
+    }
+    return dataclasses.replace(cell, **fills) if fills else cell
+
+
+def with_unit_batch(cell: Cell) -> Cell:
+    """`cell`, with batch "auto" replaced by the smallest batch its strategy can split."""
+    if cell.batch != AUTO:
+        return cell
+    return dataclasses.replace(cell, batch=batch_shards(dataclasses.replace(cell, batch=1)))
 
 
 def _positive_int(value) -> bool:
@@ -110,37 +128,40 @@ def validate(cell: Cell, devices=None) -> None:
         raise unknown("mode", cell.mode, MODES)
     if cell.dtype not in DTYPES:
         raise unknown("dtype", cell.dtype, DTYPES)
-    if cell.mode == "generate" or cell.prompt_len is not None or cell.gen_len is not None:
+    for f in FIELDS:  # a field set for a mode it does not apply to
+        if cell.mode not in f.modes and getattr(cell, f.name) != f.default:
+            raise UserError(f"{f.name} applies to mode {', '.join(f.modes)}, not {cell.mode}")
+    if cell.mode == "generate":
         _validate_generate(cell, spec, size)
     if cell.remat is not None:
         _validate_remat(cell, spec)
     if not _positive_int(cell.batch):
-        raise archs.UserError(f"batch must be a positive integer, got {cell.batch!r}")
+        raise UserError(f"batch must be a positive integer, got {cell.batch!r}")
     if devices is not None:
         if not _positive_int(cell.devices) or cell.devices > len(devices):
-            raise archs.UserError(
+            raise UserError(
                 f"devices must be 1..{len(devices)} (the target topology's {devices[0].device_kind}"
                 f" devices), got {cell.devices!r}"
             )
     elif not _positive_int(cell.devices) or cell.devices > len(jax.devices()):
-        raise archs.UserError(
+        raise UserError(
             f"devices must be 1..{len(jax.devices())} (the {jax.default_backend()} devices JAX "
             f"sees), got {cell.devices!r}; on CPU, XLA_FLAGS=--xla_force_host_platform_device_count"
             "=N gives N devices"
         )
     shards = batch_shards(cell)  # UserError for a bad strategy or mesh
     if cell.batch % shards:
-        raise archs.UserError(
+        raise UserError(
             f"batch {cell.batch} is not divisible by the {shards} batch shards of "
             f"{cell.sharding} on {cell.devices} device(s); valid batches are multiples of {shards}"
         )
     if cell.seq_len is not None:
         if size.input.kind == "image":
-            raise archs.UserError(
+            raise UserError(
                 f"seq_len applies to sequence inputs; {cell.arch} takes {size.input.describe()}"
             )
         if not _positive_int(cell.seq_len):
-            raise archs.UserError(f"seq_len must be a positive integer, got {cell.seq_len!r}")
+            raise UserError(f"seq_len must be a positive integer, got {cell.seq_len!r}")
 
 
 def can_decode(spec: archs.ArchSpec) -> bool:
@@ -168,34 +189,28 @@ def remat_archs() -> list[str]:
 def _validate_remat(cell: Cell, spec: archs.ArchSpec) -> None:
     if cell.remat not in REMATS:
         raise unknown("remat", cell.remat, REMATS)
-    if cell.mode != "train":
-        raise archs.UserError(f"remat applies to mode train, not {cell.mode}")
     if not can_remat(spec):
-        raise archs.UserError(
+        raise UserError(
             f"{cell.arch} has no remat; the families that have it: {', '.join(remat_archs())}"
         )
 
 
 def _validate_generate(cell: Cell, spec: archs.ArchSpec, size) -> None:
-    if cell.mode != "generate":
-        raise archs.UserError(f"prompt_len and gen_len apply to mode generate, not {cell.mode}")
     if not can_decode(spec):
-        raise archs.UserError(
+        raise UserError(
             f"mode generate needs a language model with a decode path "
             f"({', '.join(decode_archs())}); {cell.arch} is not one"
         )
     for name in ("prompt_len", "gen_len"):
         if not _positive_int(getattr(cell, name)):
-            raise archs.UserError(
+            raise UserError(
                 f"mode generate needs {name} a positive integer, got {getattr(cell, name)!r}"
             )
-    if cell.devices != 1 or cell.sharding != "dp" or cell.mesh is not None:
-        raise archs.UserError("mode generate runs on one device: devices 1, sharding dp, no mesh")
-    if cell.seq_len is not None:
-        raise archs.UserError("mode generate takes prompt_len and gen_len, not seq_len")
+    if cell.devices != 1:
+        raise UserError("mode generate runs on one device: devices 1")
     max_len = size.config.get("max_len")  # the positions a Transformer has; Mamba: none
     if max_len is not None and cell.prompt_len + cell.gen_len > max_len:
-        raise archs.UserError(
+        raise UserError(
             f"prompt_len + gen_len = {cell.prompt_len + cell.gen_len} exceeds the {max_len} "
             f"positions of {cell.arch} {cell.size}"
         )
@@ -224,33 +239,30 @@ def sequence_length(spec: InputSpec) -> int | None:
     return max(spec.shape) if spec.kind == "seq2seq" else spec.shape[0]
 
 
+# The keys a record has beside the cell's fields: derived from the cell and its registry spec.
+DERIVED_KEYS = ("family", "params", "active_params", "task", "input", "tokens_per_example")
+IDENTITY_KEYS = ("cell_id", *NAMES, *DERIVED_KEYS)  # a record's first keys, in this order
+
+
 def cell_keys(cell: Cell) -> dict:
-    """The keys that describe `cell` in a result (params None if the model cannot be built;
-    active_params, those one token uses, differ from params for a Mixture of Experts only)."""
+    """The keys that describe `cell` in a result: its id, every field (None where it does not
+    apply to the cell's mode; the mesh as resolved, "data=2,model=2"), and what the registry
+    says of it (params None if the model cannot be
+    built; active_params, those one token uses, differ from params for a Mixture of Experts
+    only)."""
     spec = archs.get(cell.arch)
     inputs = input_spec(cell)
     try:
         params, active_params = archs.param_counts(cell.arch, cell.size)
     except Exception:  # a broken model still gets a result row, with status "error"
         params = active_params = None
+    axes = mesh_axes(cell.sharding, cell.devices, cell.mesh)
+    applies = {f.name: cell.mode in f.modes for f in FIELDS}
     return {
         "cell_id": cell.id,
-        "arch": cell.arch,
-        "size": cell.size,
+        **{name: v if applies[name] else None for name, v in dataclasses.asdict(cell).items()},
+        "mesh": ",".join(f"{a}={n}" for a, n in axes.items()) if applies["mesh"] else None,
         "family": spec.family,
-        "mode": cell.mode,
-        "batch": cell.batch,
-        "dtype": cell.dtype,
-        "devices": cell.devices,
-        "seq_len": cell.seq_len,
-        "prompt_len": cell.prompt_len,
-        "gen_len": cell.gen_len,
-        "sharding": cell.sharding,
-        "mesh": ",".join(
-            f"{a}={n}" for a, n in mesh_axes(cell.sharding, cell.devices, cell.mesh).items()
-        ),
-        "variant": cell.variant,
-        "remat": cell.remat,
         "params": params,
         "active_params": active_params,
         "task": spec.task,

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from archbench.archs import UserError
+from archbench.errors import UserError
 
 DEFAULT_TIMEOUT_S = 300
 HEARTBEAT_S = 100  # JAX's default; a shorter --distributed-timeout shortens it too

@@ -44,7 +44,7 @@ from archbench.engine.cell import (
 from archbench.engine.devices import device_info, scaling_efficiency
 from archbench.engine.outcome import RESULT_KEYS, failure, is_oom
 from archbench.engine.peaks import peak_tflops
-from archbench.engine.program import OPTIMIZER, compile_cell
+from archbench.engine.program import compile_cell
 from archbench.train.steps import TrainState
 
 __all__ = [
@@ -206,7 +206,6 @@ def summarize(cell: Cell, prepared: Prepared, round_times_s: list[float]) -> dic
         "error": None,
         "backend": device.platform,
         "device_kind": device.device_kind,
-        "optimizer": OPTIMIZER if cell.mode == "train" else None,
         "step_time_s": median,
         "step_time_iqr_s": float(q3 - q1),
         "step_time_min_s": float(step.min()),

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import jax
 
-from archbench.engine.cell import Cell, cell_keys
-from archbench.engine.sharding import Unsupported
+from archbench.engine.cell import IDENTITY_KEYS, Cell, cell_keys
+from archbench.errors import Unsupported
 
 # Mode "generate" (archbench.engine.generate); None in the results of other modes.
 GENERATE_KEYS = (
-    *("prompt_len", "gen_len", "prefill_s", "prefill_compile_s", "decode_compile_s"),
+    *("prefill_s", "prefill_compile_s", "decode_compile_s"),
     *("decode_token_s", "decode_token_iqr_s", "decode_tokens_per_s", "cache_bytes"),
     *("flops_per_token", "bytes_per_token", "bandwidth_bytes_per_s"),
     *("peak_bandwidth_bytes_per_s", "bandwidth_fraction", "bandwidth_source", "bandwidth_basis"),
@@ -19,10 +19,10 @@ GENERATE_KEYS = (
 # trace directory and the Perfetto trace in it; None when not asked for.
 ARTIFACT_KEYS = ("hlo_file", "prefill_hlo_file", "profile_dir", "perfetto_trace")
 # Every result has exactly these keys, in this order; a failed cell has None for what it lacks.
-RESULT_KEYS = (
-    *("cell_id", "arch", "size", "family", "mode", "batch", "dtype", "devices", "seq_len"),
-    *("sharding", "mesh", "variant", "remat"),
-    *("params", "active_params", "task", "input", "tokens_per_example", "status", "error"),
+# A key that is also a cell field (the optimizer, once it is one) stands once, among the fields.
+RESULT_KEYS = tuple(dict.fromkeys((
+    *IDENTITY_KEYS,  # the cell id, its fields (archbench.engine.fields), family, params, ...
+    *("status", "error"),
     "backend",
     *("device_kind", "optimizer", "step_time_s", "step_time_iqr_s", "step_time_min_s"),
     *("rounds", "steps_per_round", "samples_per_s", "tokens_per_s", "tflops_per_s", "mfu"),
@@ -35,9 +35,11 @@ RESULT_KEYS = (
     # Rematerialisation: the step's FLOPs without it (what mfu counts) and the hardware FLOPs
     # utilisation of the executed ones (flops_per_step, with the recomputation).
     *("model_flops_per_step", "hfu"),
+    # The optimizer of a train cell and the bytes of its state, all devices together
+    *("opt_state_bytes", "opt_state_bytes_per_param"),
     *GENERATE_KEYS,
     *ARTIFACT_KEYS,
-)
+)))  # fmt: skip
 
 
 def is_oom(exc: BaseException) -> bool:

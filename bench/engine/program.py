@@ -8,9 +8,11 @@ and compiling only (archbench.engine.aot, from shapes alone).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import jax
+import numpy as np
 import optax
 
 from archbench import archs
@@ -71,6 +73,24 @@ def _state_and_batch(
         return jax.tree.map(place, shapes, shardings), batch
     state = jax.jit(init, out_shardings=shardings)(key)
     return state, jax.jit(make_batch, out_shardings=placement.batch)(batch_key)
+
+
+def _nbytes(tree) -> int:
+    return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree))
+
+
+def _state_facts(cell: Cell, state) -> dict:
+    """The optimizer and the bytes of the state it keeps, all devices together (train cells;
+    None for the others): what Adafactor's factored moments save over Adam's two full ones."""
+    if cell.mode != "train":
+        return {"optimizer": None, "opt_state_bytes": None, "opt_state_bytes_per_param": None}
+    params = sum(math.prod(a.shape) for a in jax.tree.leaves(state.params))
+    opt_bytes = _nbytes(state.opt_state)
+    return {
+        "optimizer": OPTIMIZER,
+        "opt_state_bytes": opt_bytes,
+        "opt_state_bytes_per_param": opt_bytes / params if params else None,
+    }
 
 
 def _collective_facts(compiled) -> dict:
@@ -193,5 +213,6 @@ def compile_cell(cell: Cell, devices, abstract: bool = False):
         "batch_sharding": str(jax.tree.leaves(args[1])[0].sharding.spec),
         "batch_per_device": cell.batch // batch_shards(cell),
         **_collective_facts(compiled),
+        **_state_facts(cell, state),
     }
     return compiled, args, facts

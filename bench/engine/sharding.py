@@ -32,8 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from archbench.archs import Unsupported
-from archbench.archs.registry import UserError
+from archbench.errors import Unsupported, UserError
 
 PARTS = ("dp", "fsdp", "tp", "ep")
 STRATEGIES = ("dp", "fsdp", "tp", "fsdp+tp", "ep")

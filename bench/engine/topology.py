@@ -20,8 +20,8 @@ import re
 
 import jax
 
-from archbench.archs import UserError
 from archbench.engine import aot
+from archbench.errors import UserError
 
 # device_kind of a topology's devices -> the chip's memory in aot.DEVICE_MEMORY
 _MEMORY_OF_KIND = (

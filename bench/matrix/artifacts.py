@@ -21,8 +21,8 @@ from pathlib import Path
 
 import jax
 
-from archbench.archs import UserError
 from archbench.engine import distributed
+from archbench.errors import UserError
 from archbench.matrix import results
 
 PROFILE_STEPS = 3  # steps of a train or infer cell in its trace; a generate cell: one generation

@@ -9,34 +9,18 @@ from __future__ import annotations
 
 import pytest
 
-from archbench.archs import UserError, plugins
-from archbench.engine import aot, measure, topology
+from archbench.archs import plugins
+from archbench.engine import aot, fields, measure, topology
+from archbench.errors import UserError
 from archbench.matrix import cells, interop, results, session
 
-FILTERS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
-FILTERS += ("prompt_len", "gen_len")  # mode generate
-FILTERS += ("variant",)
-FILTERS += ("remat",)  # train cells' rematerialisation policies
 PLUGIN = "archbench-matrix"
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("archbench", "archbench matrix (comma lists; default: the main job)")
-    group.addoption("--arch", help="architectures, wildcards allowed (default: all)")
-    group.addoption("--size", help=f"sizes (default: {cells.DEFAULTS['size']})")
-    group.addoption("--mode", help=f"train, infer, generate (default: {cells.DEFAULTS['mode']})")
-    group.addoption("--batch", help=f"batch sizes or 'auto' (default: {cells.DEFAULTS['batch']})")
-    group.addoption("--dtype", help=f"compute dtypes (default: {cells.DEFAULTS['dtype']})")
-    group.addoption("--devices", help="device counts (default: 1)")
-    group.addoption("--seq-len", dest="seq_len", help="sequence lengths (default: the model's)")
-    group.addoption(
-        "--prompt-len", dest="prompt_len", help="generate: prompt lengths (default: 64)"
-    )
-    group.addoption("--gen-len", dest="gen_len", help="generate: tokens decoded (default: 32)")
-    group.addoption("--variant", help="implementation variants, e.g. scan,assoc (Mamba)")
-    group.addoption("--remat", help="train: rematerialisation policies, none,full,dots")
-    group.addoption("--sharding", help="strategies: dp, fsdp, tp, fsdp+tp, ep (default: dp)")
-    group.addoption("--mesh", help="named mesh axes for every cell, e.g. data=2,model=2")
+    for field in fields.FIELDS:  # one option per cell field, as `archbench run` has
+        group.addoption(field.option, dest=field.name, help=field.help)
     group.addoption(
         "--split", metavar="K/N", help="only the K-th of N disjoint shards of the selected cells"
     )
@@ -88,7 +72,7 @@ def pytest_configure(config):
     try:
         plugins.load_files(config.getoption("plugin"))  # `archbench run` loaded them already
         requests = cells.select(
-            **{name: config.getoption(name) for name in FILTERS},
+            **{name: config.getoption(name) for name in fields.NAMES},
             split=config.getoption("split"),
             target=topology.devices(name) if name else None,
         )
@@ -109,7 +93,7 @@ def pytest_configure(config):
     plugin.requests = requests
     config.pluginmanager.register(plugin, PLUGIN)
     if not config.getoption("archbench_progress"):  # run by hand, not by `archbench run`
-        filters = {name: config.getoption(name) for name in (*FILTERS, "split")}
+        filters = {name: config.getoption(name) for name in (*fields.NAMES, "split")}
         config.pluginmanager.register(interop.straight_run(config, filters, len(requests)))
 
 
@@ -117,11 +101,7 @@ def pytest_generate_tests(metafunc):
     if metafunc.definition.name != "test_cell":
         return
     requests = metafunc.config.pluginmanager.get_plugin(PLUGIN).requests
-    metafunc.parametrize(
-        ",".join(FILTERS),
-        [tuple(getattr(r, name) for name in FILTERS) for r in requests],
-        ids=[r.id for r in requests],
-    )
+    metafunc.parametrize("cell", requests, ids=[c.id for c in requests])
 
 
 @pytest.fixture

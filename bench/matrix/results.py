@@ -20,7 +20,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from archbench.archs import UserError
+from archbench.engine import fields
+from archbench.errors import UserError
 
 SCHEMA = 1
 MARKER = "archbench"
@@ -60,10 +61,9 @@ FLAT_COLUMNS = [
     "cell_id",
     "source",
 ]
-CELL_KEYS = ("arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding", "mesh")
-CELL_KEYS += ("prompt_len", "gen_len")  # mode generate; None for the others and in old files
-CELL_KEYS += ("variant",)  # None: the family's default implementation
-CELL_KEYS += ("remat",)  # train: the blocks' rematerialisation policy; None: none asked for
+# The keys that say which cell a row is: every field of archbench.engine.fields (a field newer
+# than a file is None in its rows, its default then).
+CELL_KEYS = fields.NAMES
 
 
 def marker(**fields) -> dict:

@@ -16,6 +16,7 @@ results file says which cells are done; only process 0 writes the file and print
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import os
@@ -27,9 +28,10 @@ import pytest
 
 from archbench import units
 from archbench.engine import aot, autobatch, distributed, generate, measure, topology
-from archbench.engine.sharding import Unsupported
+from archbench.engine.cell import Cell, with_unit_batch
+from archbench.engine.fields import AUTO
+from archbench.errors import Unsupported
 from archbench.matrix import artifacts, interop, results
-from archbench.matrix.cells import AUTO, CellRequest
 
 DEFAULT_TARGET_S = 1.5
 MIN_ROUNDS = 5  # enough for a median and an interquartile range
@@ -47,7 +49,7 @@ def plan_rounds(round_s: float, target_s: float) -> int:
 
 def compile_request(
     benchmark,
-    request: CellRequest,
+    request: Cell,
     device_memory: int | None,
     target=None,
     topology=None,
@@ -60,15 +62,14 @@ def compile_request(
     to compile for (archbench.engine.topology); None: this host's. `hlo_dir`: save the
     compiled step's HLO there (archbench.matrix.artifacts).
     """
-    cell = request.cell(
-        batch=measure.batch_shards(request.cell(batch=1)) if request.batch == AUTO else None
-    )
+    cell = with_unit_batch(request)
     if cell.mode == "generate":  # two programs and a cache: measured only, never compile-only
         info = measure.failure(cell, Unsupported("--compile-only does not compile generate"))
         benchmark.extra_info.update(info)
         return info
     if request.batch == AUTO and device_memory is not None:
-        cell = request.cell(batch=aot.largest_batch_that_fits(cell, device_memory, target=target))
+        batch = aot.largest_batch_that_fits(cell, device_memory, target=target)
+        cell = dataclasses.replace(cell, batch=batch)
     hlo = {}
     info = aot.compile_only(
         cell,
@@ -87,7 +88,7 @@ def compile_request(
 
 
 def measure_request(
-    benchmark, request: CellRequest, target_s: float, profile_dir=None, hlo_dir=None
+    benchmark, request: Cell, target_s: float, profile_dir=None, hlo_dir=None
 ) -> dict:
     """Measure one cell into the pytest-benchmark fixture `benchmark`.
 
@@ -105,15 +106,13 @@ def measure_request(
       (status "ok"), or measure.failure's (status "oom" or "error" with a one-line "error").
       It never raises for a failing model; only KeyboardInterrupt and the like propagate.
     """
-    cell = request.cell(
-        batch=measure.batch_shards(request.cell(batch=1)) if request.batch == AUTO else None
-    )
+    cell = with_unit_batch(request)
     if cell.mode == "generate":
         return _measure_generate(benchmark, cell, target_s, profile_dir, hlo_dir)
     prepared, files = None, {}
     try:
         if request.batch == AUTO:
-            cell = request.cell(batch=autobatch.find_max_batch(cell))
+            cell = dataclasses.replace(cell, batch=autobatch.find_max_batch(cell))
         prepared = measure.prepare(cell)
         files["hlo_file"] = artifacts.write_hlo(hlo_dir, cell.id, prepared.compiled)
         # a warm-up round; rounds of >= 50 ms, process 0's round times deciding for all

@@ -7,37 +7,20 @@ A cell that fails to build, compile or run (OOM, an error) is recorded in the re
 its status and message, then skipped, so the matrix goes on.
 """
 
+import dataclasses
+
 import pytest
 
-from archbench.matrix.cells import CellRequest
 from archbench.matrix.session import compile_request, measure_request
 
 
-def test_cell(
-    arch,
-    size,
-    mode,
-    batch,
-    dtype,
-    devices,
-    seq_len,
-    sharding,
-    mesh,
-    prompt_len,
-    gen_len,
-    variant,
-    remat,
-    benchmark,
-    matrix_session,
-):
-    request = CellRequest(
-        arch, size, mode, batch, dtype, devices, seq_len, sharding, mesh, prompt_len, gen_len,
-        variant, remat,
-    )  # fmt: skip
+def test_cell(cell, benchmark, matrix_session):
+    # the row's "params", as pytest-benchmark stores them: each field of the cell by name
+    benchmark.params = dataclasses.asdict(cell)
     if matrix_session.compile_only:
         info = compile_request(
             benchmark,
-            request,
+            cell,
             matrix_session.device_memory,
             matrix_session.target,
             matrix_session.topology,
@@ -46,7 +29,7 @@ def test_cell(
     else:
         info = measure_request(
             benchmark,
-            request,
+            cell,
             matrix_session.target_s,
             profile_dir=matrix_session.profile_dir,
             hlo_dir=matrix_session.hlo_dir,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from archbench import units
-from archbench.archs import UserError
+from archbench.errors import UserError
 from archbench.report.tables import Cell, Table, num
 from archbench.train import recipe_spec, recipes
 

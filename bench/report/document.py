@@ -182,7 +182,7 @@ def plot_figures(rows: list[dict], labels: list[str]) -> list:
 
 def build_sections(runs: list[Run], training_dirs=()) -> list:
     """Everything the report shows, in order, whatever the output format."""
-    from archbench.report import curves, generation, profiles, remat, strategies, tables
+    from archbench.report import axes, curves, generation, profiles, remat, strategies, tables
     from archbench.report.render import Details, Section
 
     rows = [r for run in runs for r in run.rows]
@@ -232,6 +232,11 @@ def build_sections(runs: list[Run], training_dirs=()) -> list:
     rematerialised = remat.remat_table(rows)
     if rematerialised is not None:
         sections.append(Section("Rematerialisation", "remat", [remat.NOTE, rematerialised]))
+    for field in axes.axis_sections():  # one section per axis with keys to compare
+        table = axes.axis_table(field, rows)
+        if table is not None:
+            note = f"{field.option}: {field.help}. Each against the same cell at {field.default}."
+            sections.append(Section(f"{field.option[2:].capitalize()}", field.name, [note, table]))
 
     if training_dirs:
         truns = [curves.load_training_run(d) for d in curves.find_run_dirs(training_dirs)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from archbench.archs import UserError
+from archbench.errors import UserError
 
 # Cell keys that are whole numbers; a DataFrame column with a missing value holds them as floats.
 INTEGER_KEYS = ("batch", "devices", "seq_len", "prompt_len", "gen_len", "params")

@@ -10,11 +10,11 @@ what MFU counts) and the executed ones (with it, what HFU counts), MFU and HFU.
 from __future__ import annotations
 
 from archbench import units
+from archbench.engine import fields
 from archbench.report.tables import SHORT_DTYPES, Cell, Table, failure_cell, num
 
 # What makes two cells the same cell but for their remat policy.
-SAME_CELL = ("run", "arch", "size", "mode", "batch", "dtype", "devices", "seq_len", "sharding")
-SAME_CELL += ("mesh", "variant")
+SAME_CELL = ("run", *fields.names(without=("remat",)))
 ORDER = {"none": 0, "dots": 1, "full": 2}  # most memory kept first
 
 

@@ -9,10 +9,11 @@ gives, and the collectives in its compiled program.
 from __future__ import annotations
 
 from archbench import units
+from archbench.engine import fields
 from archbench.engine.devices import scaling_efficiency
 from archbench.report.tables import Cell, Table, num
 
-SAME_CELL = ("run", "arch", "size", "mode", "batch", "dtype", "seq_len", "variant", "remat")
+SAME_CELL = ("run", *fields.names(without=("devices", "sharding", "mesh")))
 
 
 def sharded_rows(rows: list[dict]) -> list[dict]:
