@@ -25,6 +25,9 @@ from archbench.errors import UserError
 MODES = ("train", "infer", "generate")
 DTYPE_NAMES = ("float32", "bfloat16")
 AUTO = "auto"  # batch: the largest that fits
+# What a train cell steps with: optax's optimizers by name, each at learning rate 1e-3 with
+# its own defaults (archbench.engine.program); adamw, as every earlier release had it.
+OPTIMIZERS = ("adamw", "adafactor", "sgd", "lion")
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,13 @@ FIELDS: tuple[Field, ...] = (
         "the backward pass), dots (keep matmul results), for the Transformer families, mixer "
         "and resnet (default: none, and no remat in the cell id)",
         tag="r", modes=("train",), choices=REMATS,
+    ),
+    Field(
+        "optimizer", str, "adamw",
+        "train: optax optimizers, each at learning rate 1e-3: adamw, adafactor (factored "
+        "second moments), sgd, lion (default: adamw)",
+        tag="o", modes=("train",), choices=OPTIMIZERS,
+        compare=("step_time_s", "opt_state_bytes_per_param", "opt_state_bytes", "temp_bytes"),
     ),
 )  # fmt: skip
 

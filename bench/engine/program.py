@@ -33,7 +33,7 @@ from archbench.train.steps import (
     synthetic_batch,
 )
 
-OPTIMIZER, LEARNING_RATE = "adamw", 1e-3
+LEARNING_RATE = 1e-3
 
 jit_predict = jax.jit(predict)
 
@@ -53,7 +53,7 @@ def _state_and_batch(
     Raises:
       sharding.Unsupported if the strategy has no form for this model.
     """
-    tx = optax.adamw(LEARNING_RATE) if cell.mode == "train" else optax.identity()
+    tx = getattr(optax, cell.optimizer)(LEARNING_RATE) if cell.mode == "train" else optax.identity()
     placement = sharding.layout(cell.sharding, devices, cell.mesh)
 
     def init(key):
@@ -87,7 +87,7 @@ def _state_facts(cell: Cell, state) -> dict:
     params = sum(math.prod(a.shape) for a in jax.tree.leaves(state.params))
     opt_bytes = _nbytes(state.opt_state)
     return {
-        "optimizer": OPTIMIZER,
+        "optimizer": cell.optimizer,
         "opt_state_bytes": opt_bytes,
         "opt_state_bytes_per_param": opt_bytes / params if params else None,
     }
