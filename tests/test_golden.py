@@ -28,7 +28,7 @@ from archbench.archs.resnet import BasicBlock, Bottleneck
 from archbench.engine.generate import cache_shapes, empty_cache, greedy_forward, greedy_step
 
 GOLDEN = Path(__file__).parent / "golden"
-TOLERANCE = 1e-4  # absolute; the golden logits reach 0.1 to 4 in magnitude
+TOLERANCE = 1e-4  # absolute; the golden logits reach 0.5 to 15 in magnitude
 # The golden configurations: 2 layers 32 wide, a vocabulary of 256, 32x32 images.
 LM = dict(vocab_size=256, num_layers=2, width=32)
 IMAGE = dict(patch_size=8, num_layers=2, num_classes=10)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.metadata
 import json
 import sys
 from pathlib import Path
@@ -48,26 +49,32 @@ BATCH, PROMPT_LEN, NEW_TOKENS = 2, 12, 6  # language models: logits of (B, P), t
 IMAGE = (3, 32, 32)
 VOCAB, WIDTH, LAYERS, HEADS, MAX_LEN = 256, 32, 2, 4, 32
 OUT = Path(__file__).resolve().parent
+REFERENCE_PACKAGES = ("torch", "transformers", "timm")
+# The Hugging Face models' weights are drawn from N(0, INIT_RANGE^2), about 1 / sqrt(WIDTH), so
+# that each matrix keeps its input's scale and activations reach the non-linear ranges of
+# GELU, softmax and routing, where a detail of any of them shows in the logits (their default,
+# 0.02, suits widths near 768: at width 32 it leaves every layer close to linear).
+INIT_RANGE = 0.2
 MIN_GAP = 1e-3  # the least margin of a greedy token over the runner-up we accept
 
 
-def import_timm():
-    """timm, which imports torchvision. A torchvision wheel built for CUDA beside a CPU build
-    of torch cannot load its compiled ops, and its import then fails registering the fake
-    kernels of two of them; defining those two (never called here) lets it import."""
+def importable_torchvision() -> None:
+    """Make torchvision importable (transformers and timm import it). A torchvision wheel
+    built for CUDA beside a CPU build of torch cannot load its compiled ops, and its import
+    then fails registering the fake kernels of two of them; defining those two (never called
+    here) lets it import."""
     try:
-        import timm
+        import torchvision
     except RuntimeError as error:
         if "torchvision::" not in str(error):
             raise
-        for name in [m for m in sys.modules if m.split(".")[0] in ("torchvision", "timm")]:
+        for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
             del sys.modules[name]
         library = torch.library.Library("torchvision", "DEF")
-        import_timm.library = library  # keep the definitions alive
+        importable_torchvision.library = library  # keep the definitions alive
         for op in ("nms", "qnms"):
             library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import timm
-    return timm
+        import torchvision  # noqa: F401
 
 
 # ---- the reference models, each (model, kind, config for golden.meta) ---------------------
@@ -75,6 +82,7 @@ def import_timm():
 
 def gpt():
     config = transformers.GPT2Config(
+        initializer_range=INIT_RANGE,
         vocab_size=VOCAB, n_positions=MAX_LEN, n_embd=WIDTH, n_layer=LAYERS, n_head=HEADS,
         activation_function="gelu_new", layer_norm_epsilon=1e-5,
         bos_token_id=None, eos_token_id=None,
@@ -84,16 +92,24 @@ def gpt():
 
 def encoder():
     config = transformers.BertConfig(
+        initializer_range=INIT_RANGE,
         vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
         intermediate_size=4 * WIDTH, max_position_embeddings=MAX_LEN, type_vocab_size=2,
         hidden_act="gelu", layer_norm_eps=1e-12, num_labels=5, pad_token_id=0,
     )  # fmt: skip
-    return transformers.BertForSequenceClassification(config), "tokens", config.to_dict()
+    model = transformers.BertForSequenceClassification(config)
+    # The embeddings at BERT's own scale, N(0, 0.02^2): the embedding LayerNorm then sees a
+    # variance near 1e-3, where its eps (1e-12; PyTorch's default is 1e-5) shows in the logits.
+    with torch.no_grad():
+        for table in ("word", "position", "token_type"):
+            getattr(model.bert.embeddings, f"{table}_embeddings").weight.mul_(0.02 / INIT_RANGE)
+    return model, "tokens", config.to_dict()
 
 
 def llama():
     # Llama 3's shape: grouped-query attention (4 query heads, 2 key/value heads), theta 5e5.
     config = transformers.LlamaConfig(
+        initializer_range=INIT_RANGE,
         vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
         num_key_value_heads=2, intermediate_size=96, max_position_embeddings=MAX_LEN,
         rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 500_000.0},
@@ -104,6 +120,7 @@ def llama():
 
 def moe():
     config = transformers.MixtralConfig(
+        initializer_range=INIT_RANGE,
         vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=MAX_LEN,
         num_local_experts=4, num_experts_per_tok=2, router_jitter_noise=0.0,
@@ -116,6 +133,7 @@ def moe():
 
 def mamba():
     config = transformers.MambaConfig(
+        initializer_range=INIT_RANGE,
         vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=LAYERS, state_size=16,
         conv_kernel=4, expand=2, time_step_rank="auto", use_bias=False, use_conv_bias=True,
         layer_norm_epsilon=1e-5, tie_word_embeddings=True,
@@ -128,10 +146,11 @@ def vit():
     from timm.models.vision_transformer import VisionTransformer
 
     # archbench's ViT uses the tanh GELU of Google's released JAX code; timm's default is erf.
+    # weight_init "jax" is that code's initialisation (xavier-uniform matrices).
     config = dict(
         img_size=IMAGE[1], patch_size=8, in_chans=IMAGE[0], num_classes=10, embed_dim=WIDTH,
         depth=LAYERS, num_heads=HEADS, mlp_ratio=4.0, qkv_bias=True, class_token=True,
-        global_pool="token", act_layer="gelu_tanh",
+        global_pool="token", act_layer="gelu_tanh", weight_init="jax",
     )  # fmt: skip
     return VisionTransformer(**config), "image", config
 
@@ -179,8 +198,9 @@ REFERENCES = {
 
 @torch.no_grad()
 def randomize_constants(model: torch.nn.Module, generator: torch.Generator) -> None:
-    """Give every constant tensor (all elements equal, or nearly: ones, zeros, a class token
-    drawn with std 1e-6) random values, so each is tested: + N(0, 0.1^2); BatchNorm's running
+    """Give every constant tensor (all elements equal, or nearly: norm scales, zero biases, a
+    zero head, a class token drawn with std 1e-6) random values, so that each is tested:
+    vectors + N(0, 0.1^2), matrices (zero-initialised heads) N(0, 1); BatchNorm's running
     variances U(0.5, 1.5) and means N(0, 0.1^2)."""
     for name, tensor in model.state_dict().items():
         if not tensor.is_floating_point():
@@ -189,7 +209,10 @@ def randomize_constants(model: torch.nn.Module, generator: torch.Generator) -> N
         if name.endswith("running_var"):
             tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
         elif name.endswith("running_mean") or tensor.numel() == 1 or tensor.std() < 1e-3:
-            tensor.add_(0.1 * noise)
+            if tensor.squeeze().dim() <= 1:
+                tensor.add_(0.1 * noise)
+            else:
+                tensor.copy_(noise)
 
 
 def state_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -250,11 +273,7 @@ def make(name: str) -> dict[str, np.ndarray]:
     meta = {
         "reference": f"{type(model).__module__}.{type(model).__name__}",
         "config": config,
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "timm": sys.modules["timm"].__version__ if "timm" in sys.modules else None,
-        },
+        "versions": {name: importlib.metadata.version(name) for name in REFERENCE_PACKAGES},
     }
     arrays["golden.meta"] = np.array(json.dumps(meta, sort_keys=True, default=str))
     return arrays
@@ -269,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown {unknown}; valid: {', '.join(REFERENCES)}")
     torch.use_deterministic_algorithms(True)
-    import_timm()
+    importable_torchvision()
     for name in args.names or REFERENCES:
         path = args.out / f"{name}.npz"
         np.savez_compressed(path, **make(name))
