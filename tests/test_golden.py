@@ -150,6 +150,31 @@ def test_an_untied_output_head_is_refused_where_the_family_ties_it():
         convert.from_reference("mamba", state_dict, archs.get("mamba").module(**LM))
 
 
+@pytest.mark.parametrize(
+    ("fixture", "rename"),
+    [
+        # The gpt2 checkpoint on the Hugging Face hub is a GPT2Model's (no "transformer.")
+        # and still carries each layer's causal mask as attn.bias.
+        ("gpt", lambda k: k.removeprefix("transformer.")),
+        # state-spaces/mamba's own checkpoints: backbone.embedding, and a saved tied head.
+        ("mamba", lambda k: k.replace("embeddings.", "embedding.")),
+    ],
+)
+def test_released_checkpoint_names_convert_alike(fixture, rename):
+    state_dict, _ = load(fixture)
+    case = next(c for c in CASES if c.fixture == fixture)
+    released = {rename(k): v for k, v in state_dict.items()}
+    if fixture == "gpt":
+        released["h.0.attn.bias"] = np.tril(np.ones((1, 1, 32, 32), np.float32))
+    else:
+        released["lm_head.weight"] = released["backbone.embedding.weight"]
+    module = case.module()
+    expected = convert.from_reference(case.arch, state_dict, module)
+    jax.tree.map(
+        np.testing.assert_array_equal, expected, convert.from_reference(case.arch, released, module)
+    )
+
+
 def test_mixtral_released_layout_converts_as_the_fused_one():
     """The released checkpoints keep each expert's w1, w2, w3 (and block_sparse_moe.gate);
     transformers 5 fuses them into gate_up_proj and down_proj."""
