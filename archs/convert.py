@@ -62,12 +62,11 @@ class StateDict:
         self.used.add(key)
         return np.asarray(self.arrays[key], np.float32)
 
-    def linear(self, name: str) -> dict[str, np.ndarray]:
-        """A torch Linear `name` (weight (out, in), bias if any) as a Dense's parameters."""
+    def linear(self, name: str, bias: bool = True) -> dict[str, np.ndarray]:
+        """A torch Linear `name` (weight (out, in), and a bias if the module has one) as a
+        Dense's parameters; a bias the module lacks is left over (an error in `finish`)."""
         params = {"kernel": self(f"{name}.weight").T}
-        if self.key(f"{name}.bias"):
-            params["bias"] = self(f"{name}.bias")
-        return params
+        return {**params, "bias": self(f"{name}.bias")} if bias else params
 
     def norm(self, name: str, bias: bool = True) -> dict[str, np.ndarray]:
         """A LayerNorm or RMSNorm (weight, bias) as Flax's (scale, bias)."""
@@ -184,10 +183,10 @@ def encoder(sd: StateDict, module) -> dict:
 def _llama_attention(sd: StateDict, module, layer: str) -> dict:
     attn = f"{layer}.self_attn"
     return {
-        "query": heads(sd.linear(f"{attn}.q_proj"), module.num_heads),
-        "key": heads(sd.linear(f"{attn}.k_proj"), module.num_kv_heads),
-        "value": heads(sd.linear(f"{attn}.v_proj"), module.num_kv_heads),
-        "out": merge_heads(sd.linear(f"{attn}.o_proj"), module.num_heads),
+        "query": heads(sd.linear(f"{attn}.q_proj", bias=False), module.num_heads),
+        "key": heads(sd.linear(f"{attn}.k_proj", bias=False), module.num_kv_heads),
+        "value": heads(sd.linear(f"{attn}.v_proj", bias=False), module.num_kv_heads),
+        "out": merge_heads(sd.linear(f"{attn}.o_proj", bias=False), module.num_heads),
     }
 
 
@@ -217,7 +216,7 @@ def llama(sd: StateDict, module) -> dict:
 
     def swiglu(layer):
         names = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
-        return {w: sd.linear(f"{layer}.mlp.{name}") for w, name in names.items()}
+        return {w: sd.linear(f"{layer}.mlp.{name}", bias=False) for w, name in names.items()}
 
     return _llama(sd, module, swiglu)
 
@@ -253,14 +252,14 @@ def mamba(sd: StateDict, module) -> dict:
         mixer = f"layers.{i}.mixer"
         params[f"norm_{i}"] = sd.norm(f"layers.{i}.norm", bias=False)
         params[f"layer_{i}"] = {
-            "in_proj": sd.linear(f"{mixer}.in_proj"),
+            "in_proj": sd.linear(f"{mixer}.in_proj", bias=False),
             "conv_kernel": sd(f"{mixer}.conv1d.weight")[:, 0, :].T,
             "conv_bias": sd(f"{mixer}.conv1d.bias"),
-            "x_proj": sd.linear(f"{mixer}.x_proj"),
+            "x_proj": sd.linear(f"{mixer}.x_proj", bias=False),
             "dt_proj": sd.linear(f"{mixer}.dt_proj"),
             "A_log": sd(f"{mixer}.A_log"),
             "D": sd(f"{mixer}.D"),
-            "out_proj": sd.linear(f"{mixer}.out_proj"),
+            "out_proj": sd.linear(f"{mixer}.out_proj", bias=False),
         }
     return {"params": params}
 

@@ -143,6 +143,15 @@ def test_a_weight_the_module_has_no_place_for_is_an_error():
         convert.from_reference("gpt", state_dict, module)
 
 
+def test_a_bias_the_family_has_not_is_an_error():
+    """A checkpoint with query biases (Qwen's) is not a Llama: its biases would be lost."""
+    state_dict, _ = load("llama")
+    state_dict["model.layers.0.self_attn.q_proj.bias"] = np.zeros(32, np.float32)
+    llama = next(c for c in CASES if c.arch == "llama")
+    with pytest.raises(ValueError, match=r"q_proj\.bias"):
+        convert.from_reference("llama", state_dict, llama.module())
+
+
 def test_an_untied_output_head_is_refused_where_the_family_ties_it():
     state_dict, _ = load("mamba")
     state_dict["lm_head.weight"] = state_dict["backbone.embeddings.weight"] + 1
