@@ -13,10 +13,12 @@ input, and save tests/golden/<name>.npz:
     golden.meta          JSON: the reference class, its configuration, library versions
 
 tests/test_golden.py converts the weights with archbench.archs.convert.from_reference and
-compares archbench's logits (and greedy tokens) with these. The weights are the reference's
-own initialisation with every constant tensor (LayerNorm and RMSNorm scales, zero biases,
-BatchNorm statistics, a zero-initialised head) given random values, so that a weight that
-lands in the wrong place changes the logits. Where archbench follows a convention the
+compares archbench's logits (and greedy tokens) with these. ResNet has two fixtures,
+resnet-basic and resnet-bottleneck, one for each block. The weights are the reference's
+own initialisation at about unit gain (INIT_RANGE; timm's "jax" init for ViT), with every
+constant tensor (LayerNorm and RMSNorm scales, zero biases, BatchNorm statistics, a
+zero-initialised head) given random values, so that a weight in the wrong place, or a
+detail of a non-linearity, changes the logits by more than the tests' 1e-4. Where archbench follows a convention the
 PyTorch port does not (ViT's and Mixer's tanh GELU, as Google's released JAX code), the
 reference is configured with archbench's convention; the family's docstring says so.
 
