@@ -1,4 +1,10 @@
-"""Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words")."""
+"""Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words").
+
+GELU is the tanh approximation, flax's `nn.gelu` as Google's released JAX code uses it; the
+PyTorch ports (timm, Hugging Face) use the exact erf form. The two differ by up to 5e-4 (at
+|x| near 2.7), which moves the golden test's logits by about 1e-3, so tests/test_golden.py
+checks this module against timm's `VisionTransformer` built with `act_layer="gelu_tanh"`.
+"""
 
 from functools import partial
 
