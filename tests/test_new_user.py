@@ -1,11 +1,13 @@
 """Issue 23: what a new user hit, each case as the user ran into it (results files made here)."""
 
+import json
 import re
 
 import pytest
 
 import archbench
 from archbench.cli.main import main
+from archbench.report import document
 from tests.test_compare import make_row, write_results
 
 
@@ -42,3 +44,58 @@ def test_report_of_generate_cells_only_at_two_batches(tmp_path):
     with pytest.raises(archbench.UserError, match=r"generate cells.*generation_vs_batch"):
         archbench.plot(gen, "step_time_vs_batch")
     assert re.search(r"Step time vs batch size.*generate cells", text, re.S)
+
+
+def _shard(path, rows, node="vm", split=None, device_kind="cpu"):
+    """A results file of one machine (`node`), its marker recording `split` if given."""
+    write_results(path, rows, device_kind)
+    doc = json.loads(path.read_text())
+    doc["machine_info"]["node"] = node
+    if split:
+        doc["archbench"]["split"] = split
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+SHARD_CELLS = [("mlp", "train"), ("mlp", "infer"), ("lenet5", "train"), ("lenet5", "infer")]
+
+
+@pytest.mark.parametrize(
+    "nodes, split",
+    [(("vm", "vm"), None), (("node1", "node7"), ("1/2", "2/2"))],
+    ids=["same-host", "split-marker"],
+)
+def test_split_shards_report_as_one_run(tmp_path, nodes, split):
+    """`--split 1/2` and `--split 2/2` of one matrix: one run of four cells, not a baseline and
+    a second run with no cell in common (and half the rows "not measured")."""
+    cells = [make_row(arch, mode=mode) for arch, mode in SHARD_CELLS]
+    files = [
+        _shard(tmp_path / f"split-{k + 1}.json", cells[k::2], nodes[k], split and split[k])
+        for k in range(2)
+    ]
+    md = tmp_path / "rep.md"
+    assert main(["report", *files, "--md", str(md)]) == 0
+    text = md.read_text()
+    assert "no cell in common" not in text and "not measured" not in text
+    assert "Speedup over" not in text and "4 cells" in text
+    assert "split-1.json + split-2.json" in text
+    runs = document.load_runs(files)
+    assert len(runs) == 1 and len(runs[0].rows) == 4
+
+
+def test_runs_that_are_not_shards_stay_apart(tmp_path):
+    """Two runs of the same cells are compared; different hosts without a split, different
+    devices, or splits of different N are not one matrix."""
+    cells = [make_row(arch, mode=mode) for arch, mode in SHARD_CELLS]
+    same = [_shard(tmp_path / f"run-{k}.json", cells) for k in range(2)]
+    hosts = [_shard(tmp_path / f"host-{k}.json", cells[k::2], f"node{k}") for k in range(2)]
+    kinds = [
+        _shard(tmp_path / f"kind-{k}.json", cells[k::2], device_kind=kind)
+        for k, kind in enumerate(("cpu", "Fake GPU"))
+    ]
+    splits = [
+        _shard(tmp_path / f"n-{k}.json", cells[k::2], f"node{k}", split)
+        for k, split in enumerate(("1/2", "2/3"))
+    ]
+    for files in (same, hosts, kinds, splits):
+        assert len(document.load_runs(files)) == 2, files
