@@ -3,6 +3,7 @@ checkpoint cadence, a shortened run's verdict). Tiny synthetic data, as tests/te
 
 from __future__ import annotations
 
+import json
 import signal
 
 import jax
@@ -10,9 +11,12 @@ import optax
 import pytest
 
 from archbench import archs
+from archbench.cli.main import main
 from archbench.train import checkpoint as checkpoint_module
 from archbench.train.checkpoint import Checkpoints
+from archbench.train.fit import resume_message
 from archbench.train.steps import create_train_state
+from tests import test_fit
 
 KEY = jax.random.key(0)
 
@@ -40,3 +44,36 @@ def test_ctrl_c_during_a_save_waits_for_the_checkpoint(tmp_path, monkeypatch):
             ckpt.save(2, state, {"epoch": 2})
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         assert ckpt.latest_epoch() == 2 and ckpt.meta(2) == {"epoch": 2}
+
+
+data, cli_recipes = test_fit.data, test_fit.cli_recipes  # the "toy" dataset and recipes
+
+
+def test_resume_says_what_it_does(cli_recipes, tmp_path, capsys):
+    """--resume on a directory with no checkpoint (or none at all) starts at epoch 1, and
+    says so; on a finished run it says that."""
+    run = tmp_path / "never-made"
+    argv = ["train", "toy-mlp", "--out", str(run), "--resume", "--no-progress"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"archbench: --resume: no checkpoint in {run}: starting at epoch 1 of 1" in err
+    assert main(argv) == 0
+    assert f"the run in {run} finished at epoch 1 of 1" in capsys.readouterr().err
+
+
+def test_resume_names_the_checkpoint_and_the_epochs_run_again(tmp_path):
+    """A run killed at epoch 16 of a recipe that saves every 10 epochs resumes after epoch 10:
+    the message says so, and that epochs 11-16 run again, and why."""
+    recipe = test_fit.toy_recipe(name="every10", epochs=60, checkpoint_every=10)
+    lines = [{"kind": "step", "step": 1, "epoch": 1}]
+    lines += [{"kind": "epoch", "step": 6 * e, "epoch": e, "split": "test"} for e in range(1, 17)]
+    text = "\n".join(map(json.dumps, lines)) + '\n{"kind": "epo'  # torn by the kill
+    (tmp_path / "metrics.jsonl").write_text(text)
+    line = resume_message(recipe, tmp_path, {"epoch": 10}, 60)
+    assert line == (
+        "resuming every10 from its checkpoint of epoch 10: starting at epoch 11 of 60; "
+        "epochs 11-16 run again (every10 saves a checkpoint every 10 epochs)"
+    )
+    line = resume_message(recipe, tmp_path, None, 60)
+    assert line.startswith(f"--resume: no checkpoint in {tmp_path}: starting at epoch 1 of 60")
+    assert "epochs 1-16 run again" in line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
 from archbench import archs
 from archbench.archs import plugins
@@ -126,6 +127,7 @@ def run(args) -> int:
                 progress=not args.no_progress,
                 data_dir=args.data_dir,
                 placement=layout,
+                say=lambda line: print(f"archbench: {line}", file=sys.stderr),
             )
     except sharding.Unsupported as e:
         raise archs.UserError(
