@@ -13,6 +13,7 @@ import pytest
 from archbench import archs
 from archbench.cli.main import main
 from archbench.train import checkpoint as checkpoint_module
+from archbench.train import recipes
 from archbench.train.checkpoint import Checkpoints
 from archbench.train.fit import resume_message
 from archbench.train.steps import create_train_state
@@ -77,3 +78,19 @@ def test_resume_names_the_checkpoint_and_the_epochs_run_again(tmp_path):
     line = resume_message(recipe, tmp_path, None, 60)
     assert line.startswith(f"--resume: no checkpoint in {tmp_path}: starting at epoch 1 of 60")
     assert "epochs 1-16 run again" in line
+
+
+def test_a_shortened_run_says_its_band_is_for_the_whole_recipe(data, tmp_path, monkeypatch, capsys):
+    """`--epochs 1` of a longer recipe: "OUTSIDE the expected band" says the run was shortened
+    (a resume without --epochs keeps the length the run was started with, and says it too)."""
+    recipe = test_fit.toy_recipe(name="toy-long", epochs=3, expected=(2.0, 3.0))
+    monkeypatch.setitem(recipes.RECIPES, recipe.name, recipe)
+    argv = ["train", "toy-long", "--out", str(tmp_path), "--no-progress"]
+    assert main([*argv, "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "OUTSIDE the expected 200.0-300.0% (a band for the recipe's 3 epochs; this run" in out
+    assert "shortened to 1 with --epochs)" in out
+    assert main([*argv, "--resume"]) == 0
+    assert "shortened to 1 with --epochs)" in capsys.readouterr().out
+    assert "lengthened to 5" in recipes.check_message(recipe, 0.5, 5)
+    assert recipes.check_message(recipe, 0.5, 3) == recipes.check_message(recipe, 0.5)

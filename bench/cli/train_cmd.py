@@ -140,7 +140,8 @@ def run(args) -> int:
             f"{e.filename or out_dir}: {e.strerror or e}; training stopped (--resume continues "
             "from its last checkpoint)"
         ) from None
-    print(f"{recipes.check_message(recipe, final['value'])} ({final['out_dir']})")
+    verdict = recipes.check_message(recipe, final["value"], final["epoch"])
+    print(f"{verdict} ({final['out_dir']})")
     reached = recipes.target_message(recipe, final["out_dir"])  # time to target, if it has one
     if reached:
         print(reached)
