@@ -2,10 +2,13 @@
 
 import json
 import re
+import time
 
 import pytest
 
 import archbench
+from archbench import archs
+from archbench.cli import list_cmd
 from archbench.cli.main import main
 from archbench.report import document
 from tests.test_compare import make_row, write_results
@@ -99,3 +102,41 @@ def test_runs_that_are_not_shards_stay_apart(tmp_path):
     ]
     for files in (same, hosts, kinds, splits):
         assert len(document.load_runs(files)) == 2, files
+
+
+def test_list_counts_each_size_once_per_version_of_the_code(tmp_path, monkeypatch, capsys):
+    """Plain `archbench list` traced every model of the zoo on every call (20 s and more);
+    the built-in families' counts are cached under a key of the model code and the jax and
+    flax versions, so a second list traces nothing, and other code counts again."""
+    monkeypatch.setenv("ARCHBENCH_CACHE_DIR", str(tmp_path))
+    first = list_cmd.list_rows("lenet5")
+    assert len(list(tmp_path.glob("param-counts-*.json"))) == 1
+
+    def no_tracing(name, size):
+        raise AssertionError(f"{name}/{size} counted again")
+
+    with monkeypatch.context() as m:
+        m.setattr(archs, "param_counts", no_tracing)
+        assert list_cmd.list_rows("lenet5") == first
+        assert main(["list", "lenet5"]) == 0 and "61,706" in capsys.readouterr().out
+    counted = []
+    real = archs.param_counts
+    monkeypatch.setattr(archs, "param_counts", lambda n, s: counted.append(n) or real(n, s))
+    monkeypatch.setattr(list_cmd, "code_key", lambda: "other-code")
+    assert list_cmd.list_rows("lenet5") == first
+    assert counted == ["lenet5"] * len(archs.get("lenet5").sizes)
+    (tmp_path / "param-counts-other-code.json").write_text("{not json")  # corrupt: counted
+    assert list_cmd.list_rows("lenet5") == first and len(counted) == 6
+
+
+def test_list_of_the_zoo_is_quick_once_counted(tmp_path, monkeypatch):
+    """Every count of the zoo, cached, makes plain `archbench list` a matter of imports."""
+    monkeypatch.setenv("ARCHBENCH_CACHE_DIR", str(tmp_path))
+    cache = list_cmd.CountCache()
+    cache.counts = {f"{n}/{s}": [1, 1] for n, s in archs.cells()}
+    cache.added = 1
+    cache.save()
+    monkeypatch.setattr(archs, "param_counts", lambda n, s: pytest.fail(f"{n}/{s} counted"))
+    start = time.perf_counter()
+    rows = list_cmd.list_rows()
+    assert len(rows) == len(archs.cells()) and time.perf_counter() - start < 3
