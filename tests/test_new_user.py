@@ -3,6 +3,7 @@
 import json
 import re
 import time
+import urllib.parse
 
 import pytest
 
@@ -140,3 +141,15 @@ def test_list_of_the_zoo_is_quick_once_counted(tmp_path, monkeypatch):
     start = time.perf_counter()
     rows = list_cmd.list_rows()
     assert len(rows) == len(archs.cells()) and time.perf_counter() - start < 3
+
+
+def test_markdown_plot_links_survive_a_space_in_the_name(tmp_path):
+    """`--md "rep ☃.md"` linked its plots as ![..](rep ☃_files/throughput.svg), which Markdown
+    does not read as a link; the link is percent-encoded and names the file written."""
+    rows = [make_row(arch, batch=b) for arch in ("mlp", "lenet5") for b in (8, 16)]
+    md = tmp_path / "rep ☃.md"
+    assert main(["report", write_results(tmp_path / "a.json", rows), "--md", str(md)]) == 0
+    links = re.findall(r"!\[[^]]*\]\(([^)]*)\)", md.read_text())
+    assert links and all(" " not in link for link in links)
+    for link in links:
+        assert (tmp_path / urllib.parse.unquote(link)).is_file(), link
