@@ -4,6 +4,7 @@ import json
 import re
 import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +154,20 @@ def test_markdown_plot_links_survive_a_space_in_the_name(tmp_path):
     assert links and all(" " not in link for link in links)
     for link in links:
         assert (tmp_path / urllib.parse.unquote(link)).is_file(), link
+
+
+def test_report_names_archbench_commit_not_the_working_directory(tmp_path):
+    """Run outside a git checkout, pytest-benchmark's commit_info says "unversioned"; the card
+    and environment give archbench's own commit, which machine_info records."""
+    path = Path(write_results(tmp_path / "a.json", [make_row("mlp")]))
+    doc = json.loads(path.read_text())
+    doc["commit_info"] = {"id": "unversioned", "dirty": False, "branch": "(unknown)"}
+    doc["machine_info"]["archbench_commit"] = {"id": "aefe0c7c9a9c2754", "dirty": True}
+    doc["machine_info"]["archbench_version"] = "0.1.0"
+    path.write_text(json.dumps(doc))
+    md = tmp_path / "a.md"
+    assert main(["report", str(path), "--md", str(md)]) == 0
+    text = md.read_text()
+    assert "unversioned" not in text and "(unknown)" not in text
+    assert "commit aefe0c7" in text and "| commit | aefe0c7c9a9c (dirty) |" in text
+    assert "| archbench | 0.1.0 |" in text

@@ -57,10 +57,14 @@ def environment(doc: dict, path: str) -> dict[str, str]:
     cpu = mi.get("cpu")
     if isinstance(cpu, dict):
         cpu = cpu.get("brand_raw") or cpu.get("brand") or cpu.get("arch_string_raw")
-    commit = str(ci.get("id") or "")[:12]
-    if commit and ci.get("dirty"):
+    # archbench's own checkout (machine_info), else pytest-benchmark's commit_info, which
+    # describes the working directory: "unversioned" outside a git checkout
+    ours = mi.get("archbench_commit") if isinstance(mi.get("archbench_commit"), dict) else {}
+    source = ours if ours.get("id") else ci
+    commit = str(source.get("id") or "").replace("unversioned", "")[:12]
+    if commit and source.get("dirty"):
         commit += " (dirty)"
-    if commit and ci.get("branch"):
+    if commit and ci.get("branch") and ci.get("id") == source.get("id"):
         commit += f" on {ci['branch']}"
     env = {
         "file": str(path),
@@ -72,6 +76,7 @@ def environment(doc: dict, path: str) -> dict[str, str]:
         "cpu": cpu or mi.get("processor"),
         "host": " ".join(str(mi.get(k) or "") for k in ("system", "release", "machine")).strip(),
         "date": str(doc.get("datetime") or "")[:19].replace("T", " "),
+        "archbench": mi.get("archbench_version"),
         "commit": commit,
     }
     return {k: str(v) for k, v in env.items() if v not in (None, "")}
