@@ -171,3 +171,21 @@ def test_report_names_archbench_commit_not_the_working_directory(tmp_path):
     assert "unversioned" not in text and "(unknown)" not in text
     assert "commit aefe0c7" in text and "| commit | aefe0c7c9a9c (dirty) |" in text
     assert "| archbench | 0.1.0 |" in text
+
+
+def test_compare_summary_has_no_blank_row_when_new_failed(tmp_path, capsys):
+    """A cell that ran in BASE and failed in NEW: the family summary said "all, (empty), 0";
+    it says there is no speedup to average, and the cell still regresses."""
+    base = write_results(tmp_path / "b.json", [make_row("mlp")])
+    new = write_results(tmp_path / "n.json", [make_row("mlp", status="oom")])
+    assert main(["compare", base, new, "--threshold", "5"]) == 1
+    out = capsys.readouterr().out
+    assert not re.search(r"^all\s+0$", out, re.M) and "per family" not in out
+    assert "no speedup: none of the 1 cell(s) in common ran in both" in out
+    assert "1 cell(s) regressed" in out
+    both = [make_row("mlp", status="oom"), make_row("lstm", step_time_s=0.02)]
+    new = write_results(tmp_path / "n2.json", both)
+    base = write_results(tmp_path / "b2.json", [make_row("mlp"), make_row("lstm")])
+    assert main(["compare", base, new]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^all\s+0\.50×\s+1$", out, re.M) and "1 cell(s) that failed" in out
