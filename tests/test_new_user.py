@@ -189,3 +189,33 @@ def test_compare_summary_has_no_blank_row_when_new_failed(tmp_path, capsys):
     assert main(["compare", base, new]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^all\s+0\.50×\s+1$", out, re.M) and "1 cell(s) that failed" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--threshold", "nan"], "--threshold must be a finite percentage >= 0, got nan"),
+        (["--threshold", "inf"], "--threshold must be a finite percentage >= 0, got inf"),
+        (["--threshold=-1"], "--threshold must be a finite percentage >= 0, got -1"),
+    ],
+    ids=["nan", "inf", "negative"],
+)
+def test_compare_threshold_must_be_finite(tmp_path, capsys, argv, message):
+    """--threshold nan was taken: "regressed by more than nan%", exit 0 whatever ran."""
+    base = write_results(tmp_path / "b.json", [make_row("mlp")])
+    new = write_results(tmp_path / "n.json", [make_row("mlp", status="oom")])
+    assert main(["compare", base, new, *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"archbench: error: {message}"
+
+
+@pytest.mark.parametrize("seed", ["-5", "99999999999999999999", "4294967296"])
+def test_train_seed_out_of_range_is_one_line(capsys, seed):
+    """A negative seed or one past 32 bits ended in a numpy traceback (or, from 2**32, was
+    silently the same key as another seed); the integer options refuse nan and inf already."""
+    assert main(["train", "gru-mnist1d", "--seed", seed, "--out", "never-written"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"archbench: error: --seed must be 0 to 4294967295, got {seed}"
+    for option in ("--epochs", "--seed", "--devices"):
+        assert main(["train", "gru-mnist1d", option, "nan"]) == 2
+        assert "invalid int value: 'nan'" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from archbench.text import format_table
 from archbench.train import recipes
 
 HELP = "train a named recipe and check it against its published result"
+MAX_SEED = 2**32 - 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,6 +111,8 @@ def run(args) -> int:
             f"train: name a recipe or pass --list; recipes: {', '.join(recipes.names())}"
         )
     recipe = recipes.get(args.recipe)
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:  # JAX keeps 32 bits of it
+        raise archs.UserError(f"--seed must be 0 to {MAX_SEED}, got {args.seed}")
     if args.seed is not None:
         recipe = dataclasses.replace(recipe, seed=args.seed)
     from archbench.engine import sharding  # jax, orbax and tqdm load only when training
