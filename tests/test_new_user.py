@@ -219,3 +219,23 @@ def test_train_seed_out_of_range_is_one_line(capsys, seed):
     for option in ("--epochs", "--seed", "--devices"):
         assert main(["train", "gru-mnist1d", option, "nan"]) == 2
         assert "invalid int value: 'nan'" in capsys.readouterr().err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 23, not fixed here: bench/cli/run_cmd.py's pytest_args must pass "
+    "--benchmark-storage=file://<an existing folder> (its authors are rewriting it)",
+)
+def test_the_matrix_leaves_no_benchmarks_folder(tmp_path, monkeypatch):
+    """`archbench run` left an empty .benchmarks/ in the working directory: pytest-benchmark's
+    FileStorage makes its --benchmark-storage folder (default ./.benchmarks) as its session
+    starts, though archbench never saves there."""
+    import pytest as matrix_pytest  # the matrix runs in-process, as `archbench run` runs it
+
+    from archbench.cli import run_cmd
+    from archbench.cli.main import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["run", "--arch", "mlp", "--size", "tiny", "--batch", "8"])
+    assert matrix_pytest.main([*run_cmd.pytest_args(args, None), "--collect-only"]) == 0
+    assert not (tmp_path / ".benchmarks").exists()
