@@ -7,14 +7,19 @@ A checkpoint is one orbax step per saved epoch, holding two items:
 Arrays split over several devices are saved as they are split (each device writes its
 shards) and restored onto the shardings of the state given to `restore`. Saving is
 synchronous: the fit loop donates the state to the next train step, so orbax must have
-finished reading its buffers before `save` returns.
+finished reading its buffers before `save` returns. A Ctrl-C (SIGINT) during a save takes
+effect when the save is done: cut short, orbax's own threads went on writing into a closed
+manager and printed their tracebacks after "archbench: interrupted".
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +53,23 @@ def tree_state(tree: dict[str, Any], like: TrainState) -> TrainState:
     )
 
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold a SIGINT that arrives inside the block, and raise KeyboardInterrupt at its end (in
+    the main thread, where Python handles signals; elsewhere the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 class Checkpoints:
     """The checkpoints of one run directory, numbered by epoch."""
 
@@ -74,6 +96,10 @@ class Checkpoints:
         """Save `epoch`; a failed write (a full disk) is an OSError naming the checkpoint. Orbax
         finalises a checkpoint by renaming its temporary folder, so a save that fails or is
         killed leaves none that `latest_epoch` would pick, and the next save replaces it."""
+        with _sigint_deferred():  # a Ctrl-C now: the checkpoint is written first
+            self._save(epoch, state, meta)
+
+    def _save(self, epoch: int, state: TrainState, meta: dict[str, Any]) -> None:
         absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
         absl.setLevel(logging.CRITICAL)  # orbax's threads log a failed write with a traceback
         try:

@@ -40,7 +40,15 @@ from archbench.archs.registry import InputSpec
 from archbench.errors import UserError
 from archbench.train.checkpoint import Checkpoints
 from archbench.train.feed import EpochFeed, batch_shards, on_device, place, warm_up_gathers
-from archbench.train.loop import MetricsLog, Run, bpc, data_module, epoch_line, start_evaluation
+from archbench.train.loop import (
+    MetricsLog,
+    Run,
+    bpc,
+    data_module,
+    epoch_line,
+    last_logged_epoch,
+    start_evaluation,
+)
 from archbench.train.recipes import Recipe
 from archbench.train.steps import TrainState, create_train_state, jit_train_step, train_step
 
@@ -194,6 +202,7 @@ def fit(
     progress: bool = True,
     data_dir: str | None = None,
     placement=None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train `recipe` and return its final metrics.
 
@@ -208,6 +217,8 @@ def fit(
       placement: where the state and batches live on several devices (the module's
         docstring; e.g. `engine.sharding.layout("fsdp", jax.devices()[:2])`); None is one
         device. A resumed run may use another placement than the run it continues.
+      say: called with one line on what `resume` does (the epoch it continues from, or that
+        there is no checkpoint to continue); None: nothing is said.
     Returns:
       {"recipe", "metric", "value", "epoch", "step", "test_loss", "test_accuracy",
        "train_loss", "train_accuracy", "wall_s", "data_wait_frac", "out_dir"}.
@@ -239,6 +250,8 @@ def fit(
         else:
             config = recipe.config(epochs)
         total_epochs = config["epochs"]
+        if resume and say is not None:
+            say(resume_message(recipe, out_dir, meta, total_epochs))
 
         train, test = load_splits(recipe, data_dir)
         steps_per_epoch = len(train.y) // recipe.batch
@@ -301,6 +314,28 @@ def fit(
                 batches.close()
             log.close()
     return _final(recipe, meta, out_dir)
+
+
+def resume_message(recipe: Recipe, out_dir: Path, meta: dict | None, total: int) -> str:
+    """What --resume does with out_dir: the checkpoint it continues from, or that there is
+    none; and the logged epochs past it that run again, with the recipe's cadence."""
+    done = 0 if meta is None else meta["epoch"]
+    if done >= total:
+        return f"--resume: the run in {out_dir} finished at epoch {done} of {total}"
+    if meta is None:
+        line = f"--resume: no checkpoint in {out_dir}: starting at epoch 1 of {total}"
+    else:
+        line = (
+            f"resuming {recipe.name} from its checkpoint of epoch {done}: starting at epoch "
+            f"{done + 1} of {total}"
+        )
+    logged = last_logged_epoch(out_dir / "metrics.jsonl")
+    if logged > done:
+        every = recipe.checkpoint_every
+        cadence = "after every epoch" if every == 1 else f"every {every} epochs"
+        again = f"epoch {logged}" if logged == done + 1 else f"epochs {done + 1}-{logged}"
+        line += f"; {again} run again ({recipe.name} saves a checkpoint {cadence})"
+    return line
 
 
 def _metric_value(recipe: Recipe, test: dict) -> float:

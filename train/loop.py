@@ -74,6 +74,19 @@ class MetricsLog:
             self._file.close()
 
 
+def last_logged_epoch(path: Path) -> int:
+    """The last epoch `path` (a metrics.jsonl) has a record of; 0 for none (or no file).
+    Lines that are not records (one torn by a kill) are skipped: this only informs."""
+    last = 0
+    with contextlib.suppress(OSError):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError, TypeError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("kind") == "epoch":
+                    last = max(last, int(record.get("epoch") or 0))
+    return last
+
+
 def _step(path: Path, number: int, line: str, last: bool) -> int | None:
     """The step of metrics line `number`; None for a blank line, or for a last line torn by a
     kill in the middle of writing it (dropped: its step is redone). Any other line that is not

@@ -230,12 +230,20 @@ def names() -> list[str]:
     return sorted(RECIPES)
 
 
-def check_message(recipe: Recipe, value: float) -> str:
-    """One line: the final metric against the recipe's band."""
+def check_message(recipe: Recipe, value: float, epochs: int | None = None) -> str:
+    """One line: the final metric against the recipe's band, and, for a run of other than the
+    recipe's `epochs` (`--epochs`), that the band is for the recipe's length."""
     shown = f"{100 * value:.2f}%" if recipe.metric == "accuracy" else f"{value:.3f}"
     verdict = "within" if recipe.in_band(value) else "OUTSIDE"
     metric = recipe.metric.replace("_", " ")
-    return f"{recipe.name}: test {metric} {shown} {verdict} the expected {recipe.describe_band()}"
+    line = f"{recipe.name}: test {metric} {shown} {verdict} the expected {recipe.describe_band()}"
+    if epochs is not None and epochs != recipe.epochs:
+        how = "shortened" if epochs < recipe.epochs else "lengthened"
+        line += (
+            f" (a band for the recipe's {recipe.epochs} epochs; this run was {how} to {epochs} "
+            f"with --epochs)"
+        )
+    return line
 
 
 def target_message(recipe: Recipe, out_dir: str | Path) -> str | None:

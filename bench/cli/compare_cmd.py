@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from archbench.errors import UserError
 from archbench.report.compare import compare_files, format_comparison, regressions
@@ -22,8 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    if args.threshold is not None and args.threshold < 0:
-        raise UserError(f"--threshold must be >= 0, got {args.threshold:g}")
+    if args.threshold is not None and not (math.isfinite(args.threshold) and args.threshold >= 0):
+        raise UserError(f"--threshold must be a finite percentage >= 0, got {args.threshold:g}")
     cmp = compare_files(args.base, args.new)
     print(format_comparison(cmp, args.threshold))
     if args.threshold is not None and regressions(cmp.pairs, args.threshold):

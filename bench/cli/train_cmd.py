@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
 from archbench import archs
 from archbench.archs import plugins
@@ -14,6 +15,7 @@ from archbench.text import format_table
 from archbench.train import recipes
 
 HELP = "train a named recipe and check it against its published result"
+MAX_SEED = 2**32 - 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -109,6 +111,8 @@ def run(args) -> int:
             f"train: name a recipe or pass --list; recipes: {', '.join(recipes.names())}"
         )
     recipe = recipes.get(args.recipe)
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:  # JAX keeps 32 bits of it
+        raise archs.UserError(f"--seed must be 0 to {MAX_SEED}, got {args.seed}")
     if args.seed is not None:
         recipe = dataclasses.replace(recipe, seed=args.seed)
     from archbench.engine import sharding  # jax, orbax and tqdm load only when training
@@ -126,6 +130,7 @@ def run(args) -> int:
                 progress=not args.no_progress,
                 data_dir=args.data_dir,
                 placement=layout,
+                say=lambda line: print(f"archbench: {line}", file=sys.stderr),
             )
     except sharding.Unsupported as e:
         raise archs.UserError(
@@ -138,7 +143,8 @@ def run(args) -> int:
             f"{e.filename or out_dir}: {e.strerror or e}; training stopped (--resume continues "
             "from its last checkpoint)"
         ) from None
-    print(f"{recipes.check_message(recipe, final['value'])} ({final['out_dir']})")
+    verdict = recipes.check_message(recipe, final["value"], final["epoch"])
+    print(f"{verdict} ({final['out_dir']})")
     reached = recipes.target_message(recipe, final["out_dir"])  # time to target, if it has one
     if reached:
         print(reached)

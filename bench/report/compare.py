@@ -189,10 +189,17 @@ def format_comparison(cmp: Comparison, threshold_pct: float | None = None) -> st
         "",
         text_table(header, rows, right={1, 2, 3, 4}),
         "",
-        "geometric-mean speedup per family:",
     ]
-    fam_rows = [[f, units.ratio(g), str(n)] for f, (g, n) in family_geomeans(cmp.pairs).items()]
-    out.append(text_table(["family", "speedup", "cells"], fam_rows, right={1, 2}))
+    means = family_geomeans(cmp.pairs)
+    failed = sum(not p.both_ok for p in cmp.pairs)
+    if means["all"][1]:
+        out.append("geometric-mean speedup per family:")
+        fam_rows = [[f, units.ratio(g), str(n)] for f, (g, n) in means.items()]
+        out.append(text_table(["family", "speedup", "cells"], fam_rows, right={1, 2}))
+        if failed:
+            out.append(f"({failed} cell(s) that failed in BASE or NEW left out: see the notes)")
+    else:  # every cell in common failed on one side: no speedup to average
+        out.append(f"no speedup: none of the {len(cmp.pairs)} cell(s) in common ran in both")
     if cmp.only_base or cmp.only_new:
         out.append(
             f"\nnot compared: {cmp.only_base} cells only in BASE, {cmp.only_new} only in NEW"

@@ -15,23 +15,31 @@ number.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from archbench import units
 from archbench.matrix import results
-from archbench.report import compare
+from archbench.report import compare, shards
 
 
 @dataclass
 class Run:
-    """One results file: a short label, its environment, its flat rows (with `run` labels)."""
+    """One run: a short label, its environment, its flat rows (with `run` labels). A run is
+    one results file, or the shards of one matrix (archbench.report.shards): `path` is the
+    first file, `paths` every one."""
 
     label: str
     path: str
     env: dict[str, str]
     rows: list[dict]
     color: str = "#3b6fb6"
+    paths: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> str:
+        """The file names of the run: 'cpu.json', or 'split-1.json + split-2.json'."""
+        return " + ".join(Path(p).name for p in self.paths or [self.path])
 
 
 def _version(mi: dict, name: str) -> str:
@@ -49,10 +57,14 @@ def environment(doc: dict, path: str) -> dict[str, str]:
     cpu = mi.get("cpu")
     if isinstance(cpu, dict):
         cpu = cpu.get("brand_raw") or cpu.get("brand") or cpu.get("arch_string_raw")
-    commit = str(ci.get("id") or "")[:12]
-    if commit and ci.get("dirty"):
+    # archbench's own checkout (machine_info), else pytest-benchmark's commit_info, which
+    # describes the working directory: "unversioned" outside a git checkout
+    ours = mi.get("archbench_commit") if isinstance(mi.get("archbench_commit"), dict) else {}
+    source = ours if ours.get("id") else ci
+    commit = str(source.get("id") or "").replace("unversioned", "")[:12]
+    if commit and source.get("dirty"):
         commit += " (dirty)"
-    if commit and ci.get("branch"):
+    if commit and ci.get("branch") and ci.get("id") == source.get("id"):
         commit += f" on {ci['branch']}"
     env = {
         "file": str(path),
@@ -64,6 +76,7 @@ def environment(doc: dict, path: str) -> dict[str, str]:
         "cpu": cpu or mi.get("processor"),
         "host": " ".join(str(mi.get(k) or "") for k in ("system", "release", "machine")).strip(),
         "date": str(doc.get("datetime") or "")[:19].replace("T", " "),
+        "archbench": mi.get("archbench_version"),
         "commit": commit,
     }
     return {k: str(v) for k, v in env.items() if v not in (None, "")}
@@ -79,11 +92,17 @@ def load_runs(paths) -> list[Run]:
     """Read each results file (a bad one: UserError naming it) and give its run a unique label."""
     from archbench.report.plots import RUN_COLORS
 
+    docs = [results.load_results(path) for path in paths]
+    rows = [results.flat_rows([path]) for path in paths]
     runs = []
-    for path in paths:
-        doc = results.load_results(path)
-        env = environment(doc, str(path))
-        runs.append(Run(_label(env), str(path), env, results.flat_rows([path])))
+    for members in shards.group(docs, rows):  # the shards of one matrix are one run
+        envs = [environment(docs[i], str(paths[i])) for i in members]
+        env = {k: ", ".join(dict.fromkeys(e[k] for e in envs if k in e)) for k in envs[0]}
+        if len(members) > 1:
+            env["shards"] = f"{len(members)} files, one matrix"
+        cells = [r for i in members for r in rows[i]]
+        files = [str(paths[i]) for i in members]
+        runs.append(Run(_label(envs[0]), files[0], env, cells, paths=files))
     for suffix in (lambda i, run: Path(run.path).stem, lambda i, run: f"#{i + 1}"):
         counts = Counter(run.label for run in runs)
         for i, run in enumerate(runs):
@@ -115,7 +134,7 @@ def _cards(runs: list[Run], comparisons):
             ", ".join(x for x in (run.env.get("backend"), f"jax {run.env.get('jax', '?')}") if x),
             f"{ok} cells ran" + (f", {failed} failed" if failed else ""),
             " · ".join(x for x in (run.env.get("date", "")[:10], _short_commit(run.env)) if x),
-            Path(run.path).name,
+            run.names,
         ]
         if i == 0:
             big = "baseline" if len(runs) > 1 else f"{ok} cells"
@@ -278,7 +297,8 @@ def write_report(paths, html_out=None, md_out=None, training_dirs=()) -> list[Pa
     runs = load_runs(paths)
     sections = build_sections(runs, training_dirs)
     title = "archbench report: " + " vs ".join(run.label for run in runs)
-    subtitle = f"{len(runs)} results file(s): " + ", ".join(Path(r.path).name for r in runs)
+    files = sum(len(r.paths) or 1 for r in runs)
+    subtitle = f"{files} results file(s): " + ", ".join(r.names for r in runs)
     written = []
     if html_out:
         results.write_atomic(html_out, render.to_html(title, subtitle, sections))

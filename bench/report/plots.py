@@ -122,7 +122,8 @@ def step_time_vs_params(rows: list[dict], runs: list[str]) -> Figure | Skipped:
     title = "Step time vs parameter count"
     rows = [r for r in rows if _ok(r, "step_time_s") and _ok(r, "params")]
     if not rows:
-        return Skipped("step_time_vs_params", title, "no cell ran with a known parameter count")
+        why = "no train or infer cell ran with a known parameter count"
+        return Skipped("step_time_vs_params", title, why)
     names = sorted({r.get("family") or "" for r in rows})
     families = {f: SERIES_COLORS[i % len(SERIES_COLORS)] for i, f in enumerate(names)}
     modes = _modes(rows)
@@ -178,7 +179,7 @@ def throughput_bars(rows: list[dict], runs: list[str]) -> Figure | Skipped:
     title = "Throughput per architecture"
     ok = [r for r in rows if _ok(r, "samples_per_s")]
     if not ok:
-        return Skipped("throughput", title, "no cell ran")
+        return Skipped("throughput", title, "no train or infer cell ran")
     cats = sorted(
         {(r.get("family") or "", r["arch"], r["size"]) for r in rows},
         key=lambda c: (c[0], c[1], units.size_rank(c[2])),
@@ -263,7 +264,9 @@ def _series(rows, x_key, y_key):
     """Rows grouped by everything that identifies a cell except x_key; >= 2 distinct x."""
     groups = defaultdict(list)
     others = [k for k in (*CELL, *SERIES_KEYS) if k != x_key]
-    for r in rows:
+    for r in rows:  # train and infer: generate cells have plots of their own (generation.py)
+        if r.get("mode") not in MODES:
+            continue
         if _ok(r, y_key) and isinstance(r.get(x_key), int | float) and r[x_key] > 0:
             groups[(r["run"], *(r.get(k) for k in others))].append(r)
     return sweeps(groups, x_key)
@@ -305,7 +308,10 @@ def scaling_plot(rows, runs, x_key, y_key, name, title, guides=()) -> Figure | S
         rows = [{**r, "memory": r.get("peak_bytes") or r.get("compiled_bytes")} for r in rows]
     series = _series(rows, x_key, y_key)
     if not series:
-        return Skipped(name, title, f"no architecture was measured at two or more {plural}")
+        reason = f"no architecture was measured at two or more {plural}"
+        if x_key == "batch" and any(r.get("mode") == "generate" for r in rows):
+            reason += " (generate cells: generation_vs_batch, under Generation)"
+        return Skipped(name, title, reason)
     modes = [m for m in MODES if any(k[3] == m for k in series)]
     others = [k for k in SERIES_KEYS if k != x_key]
     varying = [i for i, k in enumerate(others) if len({key[4 + i] for key in series}) > 1]

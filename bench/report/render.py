@@ -12,6 +12,7 @@ import base64
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from archbench.report import tables
 from archbench.report.plots import Figure, Skipped
@@ -179,7 +180,7 @@ def block_markdown(block, plot_dir: Path) -> str:
         return tables.to_markdown(block)
     if isinstance(block, Figure):
         (plot_dir / f"{block.name}.svg").write_text(block.svg, encoding="utf-8")
-        link = f"{plot_dir.name}/{block.name}.svg"
+        link = quote(f"{plot_dir.name}/{block.name}.svg")  # "rep ☃_files/": percent-encoded
         return f"**{block.title}**\n\n![{block.title}]({link})\n\n{block.caption}"
     if isinstance(block, Skipped):
         return f"*{block.title}: skipped, {block.reason}.*"
