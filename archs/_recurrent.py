@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.archs import _logical
 from archbench.archs.registry import InputSpec
 
 TINY = InputSpec("sequence", (8, 4))
@@ -53,7 +54,7 @@ class RecurrentLayer(nn.Module):
         """U, (H, gates*H), in the compute dtype."""
         u = self.param(
             "recurrent_kernel",
-            self.recurrent_init,
+            _logical.named(self.recurrent_init, "hidden", "gates"),
             (self.hidden, gates * self.hidden),
             self.param_dtype,
         )
@@ -67,9 +68,10 @@ class RecurrentLayer(nn.Module):
     ) -> tuple[jax.Array, jax.Array]:
         """W, (F, gates*H), and b, (gates*H,), in the compute dtype."""
         shape = (features, gates * self.hidden)
-        w = self.param("kernel", self.kernel_init, shape, self.param_dtype).astype(self.dtype)
-        b = self.param("bias", bias_init, shape[1:], self.param_dtype).astype(self.dtype)
-        return w, b
+        kernel_init = _logical.named(self.kernel_init, None, "gates")
+        w = self.param("kernel", kernel_init, shape, self.param_dtype).astype(self.dtype)
+        b = self.param("bias", _logical.named(bias_init, "gates"), shape[1:], self.param_dtype)
+        return w, b.astype(self.dtype)
 
     def mix(self, w: jax.Array, b: jax.Array, u: jax.Array) -> Callable:
         """`f(inp_t, h) -> x_t W + b + h U`, (B, columns of U), for the step's input `inp_t`
@@ -172,4 +174,9 @@ class RecurrentClassifier(nn.Module):
             x = jnp.concatenate([x[:, -1, :width], x[:, 0, width:]], axis=-1)  # (B, 2H)
         else:
             x = x[:, -1]  # (B, H)
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        return nn.Dense(
+            self.num_classes,
+            **_logical.dense((None,), ("classes",)),  # from the last state(s) or all of them
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)

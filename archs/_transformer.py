@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from archbench.archs import _logical
 from archbench.errors import Unsupported
 
 Initializer = Callable[..., jax.Array]
@@ -138,7 +139,7 @@ class MultiHeadAttention(nn.Module):
             return nn.DenseGeneral(
                 (self.num_heads, head_dim),
                 use_bias=self.use_bias,
-                kernel_init=self.kernel_init,
+                **_logical.dense(("embed",), ("heads", "kv"), self.kernel_init),
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=name,
@@ -158,7 +159,7 @@ class MultiHeadAttention(nn.Module):
             width,
             axis=(-2, -1),
             use_bias=self.use_bias,
-            kernel_init=self.out_init or self.kernel_init,
+            **_logical.dense(("heads", "kv"), ("embed",), self.out_init or self.kernel_init),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="out",
@@ -172,17 +173,21 @@ class Mlp(nn.Module):
     act: Callable = nn.gelu
     kernel_init: Initializer = nn.initializers.xavier_uniform()
     out_init: Initializer | None = None
+    axis: str | None = "embed"  # the logical name of the width it maps from and back to
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
-        dense = lambda n, init, name: nn.Dense(  # noqa: E731
-            n, kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        dense = lambda n, inits, name: nn.Dense(  # noqa: E731
+            n, **inits, dtype=self.dtype, param_dtype=self.param_dtype, name=name
         )
-        h = self.act(dense(self.hidden, self.kernel_init, "fc")(x))  # (B, T, F)
-        return dense(width, self.out_init or self.kernel_init, "proj")(h)  # (B, T, D)
+        # Column then row: the hidden units F are the axis a tensor-parallel strategy splits.
+        fc = _logical.dense((self.axis,), ("mlp",), self.kernel_init)
+        proj = _logical.dense(("mlp",), (self.axis,), self.out_init or self.kernel_init)
+        h = self.act(dense(self.hidden, fc, "fc")(x))  # (B, T, F)
+        return dense(width, proj, "proj")(h)  # (B, T, D)
 
 
 class Block(nn.Module):
@@ -257,6 +262,7 @@ def layer_norm(eps: float, dtype, param_dtype, name: str | None = None) -> nn.La
         dtype=dtype,
         param_dtype=param_dtype,
         force_float32_reductions=True,
+        **_logical.norm("embed"),
         name=name,
     )
 
@@ -275,7 +281,12 @@ def learned_positions(
     if length > max_len:
         raise ValueError(f"sequence length {length} exceeds the {max_len} learned positions")
     table = nn.Embed(
-        max_len, width, embedding_init=init, dtype=dtype, param_dtype=param_dtype, name="pos_embed"
+        max_len,
+        width,
+        embedding_init=_logical.named(init, None, "embed"),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name="pos_embed",
     )
     positions = jnp.arange(length) if start is None else start + jnp.arange(length)
     return table(positions)  # (T, D)

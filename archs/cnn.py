@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.archs import _logical
 from archbench.archs._conv import VARIANTS, conv_class
 from archbench.archs.registry import IMAGE_28, MNIST1D, ArchSpec, Size, register
 
@@ -33,13 +34,16 @@ class CNN(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         dims = x.ndim - 2  # (B, H, W, C) images: 2; (B, T, F) sequences: 1
         pad = self.padding if isinstance(self.padding, str) else [(self.padding,) * 2] * dims
-        dense = lambda n: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype)  # noqa: E731
+        dense = lambda n, i, o: nn.Dense(  # noqa: E731
+            n, **_logical.dense((i,), (o,)), dtype=self.dtype, param_dtype=self.param_dtype
+        )
         for width, k in zip(self.features, self.kernels, strict=True):
             x = conv_class(self.conv_impl)(
                 width,
                 (k,) * dims,
                 strides=self.strides,
                 padding=pad,
+                **_logical.conv("conv_in", "conv_out", window=dims),
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
             )(x)  # (B, H', W', width)
@@ -47,9 +51,10 @@ class CNN(nn.Module):
             if self.pool > 1:
                 x = nn.avg_pool(x, (self.pool,) * dims, (self.pool,) * dims)
         x = x.reshape(x.shape[0], -1)  # (B, 7*7*64) for the tutorial CNN on 28x28
-        for width in self.hidden:
-            x = self.act(dense(width)(x))
-        return dense(self.num_classes)(x)
+        names = _logical.hidden_layers(len(self.hidden))  # None, mlp, embed, ...
+        for width, inputs, outputs in zip(self.hidden, names, names[1:], strict=False):
+            x = self.act(dense(width, inputs, outputs)(x))
+        return dense(self.num_classes, names[-1], "classes")(x)  # (B, classes)
 
 
 # Conv 3*3*1*32+32 = 320; conv 3*3*32*64+64 = 18,496; dense 3136*256+256 = 803,072;

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs import _remat
+from archbench.archs import _logical, _remat
 from archbench.archs._transformer import (
     ATTENTION_VARIANTS,
     Block,
@@ -43,7 +43,7 @@ class GPT(nn.Module):
         token_embed = nn.Embed(
             self.vocab_size,
             self.width,
-            embedding_init=normal(0.02),
+            embedding_init=_logical.named(normal(0.02), "vocab", "embed"),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="token_embed",

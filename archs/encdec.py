@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs import _remat
+from archbench.archs import _logical, _remat
 from archbench.archs._transformer import ATTENTION_VARIANTS, Block, sinusoidal_positions
 from archbench.archs.registry import ArchSpec, InputSpec, Size, register
 
@@ -34,7 +34,9 @@ class Transformer(nn.Module):
         self.embed = nn.Embed(
             self.vocab_size,
             self.width,
-            embedding_init=nn.initializers.normal(self.width**-0.5),
+            embedding_init=_logical.named(
+                nn.initializers.normal(self.width**-0.5), "vocab", "embed"
+            ),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )

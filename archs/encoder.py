@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs import _remat
+from archbench.archs import _logical, _remat
 from archbench.archs._transformer import ATTENTION_VARIANTS, Block, layer_norm, learned_positions
 from archbench.archs.registry import ROWS_28, ArchSpec, InputSpec, Size, register
 
@@ -32,23 +32,26 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         init = nn.initializers.truncated_normal(0.02)  # BERT's initializer_range
-        dense = partial(nn.Dense, kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype)
-        embed = partial(
-            nn.Embed, features=self.width, embedding_init=init,
-            dtype=self.dtype, param_dtype=self.param_dtype,
+        dense = lambda n, axes, name: nn.Dense(  # noqa: E731
+            n, **_logical.dense(*axes, init), dtype=self.dtype, param_dtype=self.param_dtype,
+            name=name,
+        )  # fmt: skip
+        embed = lambda n, axis, name: nn.Embed(  # noqa: E731
+            n, self.width, embedding_init=_logical.named(init, axis, "embed"),
+            dtype=self.dtype, param_dtype=self.param_dtype, name=name,
         )  # fmt: skip
         drop = nn.Dropout(self.dropout, deterministic=not train)
 
         if self.vocab_size is None:
-            h = dense(self.width, name="input_proj")(x)  # (B, T, F) -> (B, T, D)
+            h = dense(self.width, ((None,), ("embed",)), "input_proj")(x)  # (B, T, F) -> (B, T, D)
         else:
-            h = embed(self.vocab_size, name="token_embed")(x)  # (B, T, D)
+            h = embed(self.vocab_size, "vocab", "token_embed")(x)  # (B, T, D)
         h = h + learned_positions(
             x.shape[1], self.max_len, self.width, init, self.dtype, self.param_dtype
         )
         if self.num_token_types:
             # A single segment: every token has type 0, as in single-sentence classification.
-            h = h + embed(self.num_token_types, name="type_embed")(jnp.zeros((1,), jnp.int32))
+            h = h + embed(self.num_token_types, None, "type_embed")(jnp.zeros((1,), jnp.int32))
         h = drop(layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, "ln_embed")(h))
         block = _remat.block(Block, self.remat, static_argnums=(3,))  # train
         for i in range(self.num_layers):
@@ -64,8 +67,10 @@ class Encoder(nn.Module):
                 param_dtype=self.param_dtype,
                 name=f"block_{i}",
             )(h, None, train)  # (B, T, D)
-        pooled = nn.tanh(dense(self.width, name="pooler")(h[:, 0]))  # (B, D) from the first token
-        return dense(self.num_classes, name="classifier")(drop(pooled))  # (B, C)
+        pooler = dense(self.width, (("embed",), ("embed",)), "pooler")
+        pooled = nn.tanh(pooler(h[:, 0]))  # (B, D) from the first token
+        classifier = dense(self.num_classes, (("embed",), ("classes",)), "classifier")
+        return classifier(drop(pooled))  # (B, C)
 
 
 def _size(layers, width, heads, mlp, vocab, max_len, seq, types=2, dropout=0.0, **kw) -> Size:

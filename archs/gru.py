@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.archs import _logical
 from archbench.archs._recurrent import TINY, VARIANTS, RecurrentClassifier, RecurrentLayer
 from archbench.archs.registry import MNIST1D, ROWS_28, ArchSpec, Size, register
 
@@ -23,7 +24,10 @@ class GRULayer(RecurrentLayer):
     def __call__(self, x: jax.Array) -> jax.Array:
         u = self.recurrent_kernel(3)  # (H, 3H)
         c = self.param(
-            "recurrent_bias", nn.initializers.zeros, (3 * self.hidden,), self.param_dtype
+            "recurrent_bias",
+            _logical.named(nn.initializers.zeros, "gates"),
+            (3 * self.hidden,),
+            self.param_dtype,
         ).astype(self.dtype)  # (3H,)
         w, b = self.input_kernel(x.shape[-1], 3)
 

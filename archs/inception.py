@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs import _conv
+from archbench.archs import _conv, _logical
 from archbench.archs.registry import CIFAR, IMAGENET, ArchSpec, InputSpec, Size, register
 
 # One Inception module as the columns of Table 1:
@@ -46,6 +46,7 @@ class ConvReLU(nn.Module):
             self.kernel_size,
             self.strides,
             padding="SAME",
+            **_logical.conv("conv_in", "conv_out"),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
@@ -105,7 +106,12 @@ class GoogLeNet(nn.Module):
                 x = InceptionBlock(widths, conv)(x)
         x = jnp.mean(x, axis=(1, 2))  # (B, 1024): the 7x7 average pool at 224x224
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        return nn.Dense(
+            self.num_classes,
+            **_logical.dense(("conv_out",), ("classes",)),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)
 
 
 def scaled(stages: Sequence[Sequence[Widths]], divisor: int) -> tuple[tuple[Widths, ...], ...]:

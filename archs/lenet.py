@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.archs import _logical
 from archbench.archs._conv import VARIANTS, conv_class
 from archbench.archs.registry import ArchSpec, InputSpec, Size, register
 
@@ -28,16 +29,20 @@ class LeNet5(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         c1, c3, c5, f6 = self.widths
         conv = lambda n: conv_class(self.conv_impl)(  # noqa: E731
-            n, (5, 5), padding="VALID", dtype=self.dtype, param_dtype=self.param_dtype
-        )
+            n, (5, 5), padding="VALID", **_logical.conv("conv_in", "conv_out"),
+            dtype=self.dtype, param_dtype=self.param_dtype,
+        )  # fmt: skip
         x = self.act(conv(c1)(x))  # (B, 28, 28, 6) on 32x32 input
         x = nn.avg_pool(x, (2, 2), (2, 2))  # (B, 14, 14, 6)
         x = self.act(conv(c3)(x))  # (B, 10, 10, 16)
         x = nn.avg_pool(x, (2, 2), (2, 2))  # (B, 5, 5, 16)
         x = self.act(conv(c5)(x))  # (B, 1, 1, 120)
         x = x.reshape(x.shape[0], -1)
-        x = self.act(nn.Dense(f6, dtype=self.dtype, param_dtype=self.param_dtype)(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        dense = lambda n, i, o: nn.Dense(  # noqa: E731
+            n, **_logical.dense((i,), (o,)), dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        x = self.act(dense(f6, None, "mlp")(x))  # (B, 84): F6, an MLP's hidden units
+        return dense(self.num_classes, "mlp", "classes")(x)
 
 
 IMAGE_32 = InputSpec("image", (32, 32, 1))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from archbench.archs import _remat
+from archbench.archs import _logical, _remat
 from archbench.archs._transformer import (
     ATTENTION_VARIANTS,
     attention,
@@ -39,7 +39,9 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        scale = self.param(
+            "scale", _logical.named(_logical.ONES, "embed"), (x.shape[-1],), self.param_dtype
+        )
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
         return normed.astype(self.dtype) * scale.astype(self.dtype)  # (..., D)
@@ -105,11 +107,11 @@ class GroupedQueryAttention(nn.Module):
             raise ValueError(f"sequence length {length} exceeds the {self.max_len} positions")
         head_dim = width // self.num_heads
 
-        def project(name: str, heads: int) -> jax.Array:
+        def project(name: str, heads: int, axis: str) -> jax.Array:
             return nn.DenseGeneral(
                 (heads, head_dim),
                 use_bias=False,
-                kernel_init=self.kernel_init,
+                **_logical.dense(("embed",), (axis, "kv"), self.kernel_init),
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=name,
@@ -121,9 +123,9 @@ class GroupedQueryAttention(nn.Module):
             cos, sin = (jax.lax.dynamic_slice_in_dim(jnp.asarray(t), start, length) for t in tables)
         else:
             cos, sin = rope_tables(length, head_dim, self.rope_base)
-        q = apply_rope(project("query", self.num_heads), cos, sin)  # (B, T, H, Dh)
-        k = apply_rope(project("key", self.num_kv_heads), cos, sin)  # (B, T, K, Dh)
-        v = project("value", self.num_kv_heads)  # (B, T, K, Dh)
+        q = apply_rope(project("query", self.num_heads, "heads"), cos, sin)  # (B, T, H, Dh)
+        k = apply_rope(project("key", self.num_kv_heads, "kv_heads"), cos, sin)  # (B, T, K, Dh)
+        v = project("value", self.num_kv_heads, "kv_heads")  # (B, T, K, Dh)
         cached = update_kv_cache(self, k, v, start, ready) if decode else None
         if cached is not None:
             k, v, mask = cached  # the whole cache (B, S, K, Dh) each, mask (1, 1, T, S)
@@ -135,7 +137,7 @@ class GroupedQueryAttention(nn.Module):
             width,
             axis=(-2, -1),
             use_bias=False,
-            kernel_init=self.kernel_init,
+            **_logical.dense(("heads", "kv"), ("embed",), self.kernel_init),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="out",
@@ -152,16 +154,18 @@ class SwiGLU(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        dense = lambda n, name: nn.Dense(  # noqa: E731
+        dense = lambda n, axes, name: nn.Dense(  # noqa: E731
             n,
             use_bias=False,
-            kernel_init=self.kernel_init,
+            **_logical.dense(*axes, self.kernel_init),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name=name,
         )
-        gate = nn.silu(dense(self.hidden, "w1")(x))  # (B, T, F)
-        return dense(x.shape[-1], "w2")(gate * dense(self.hidden, "w3")(x))  # (B, T, D)
+        up = (("embed",), ("mlp",))  # w1 and w3 column-parallel, w2 row-parallel
+        gate = nn.silu(dense(self.hidden, up, "w1")(x))  # (B, T, F)
+        down = dense(x.shape[-1], (("mlp",), ("embed",)), "w2")
+        return down(gate * dense(self.hidden, up, "w3")(x))  # (B, T, D)
 
 
 class LlamaBlock(nn.Module):
@@ -238,7 +242,7 @@ class Llama(nn.Module):
         h = nn.Embed(
             self.vocab_size,
             self.width,
-            embedding_init=INIT,
+            embedding_init=_logical.named(INIT, "vocab", "embed"),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="token_embed",
@@ -262,7 +266,7 @@ class Llama(nn.Module):
         return nn.Dense(
             self.vocab_size,
             use_bias=False,
-            kernel_init=INIT,
+            **_logical.dense(("embed",), ("vocab",), INIT),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="output",

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.archs import _logical
 from archbench.archs.registry import ArchSpec, InputSpec, Size, register
 
 SCANS = ("scan", "assoc")
@@ -154,9 +155,13 @@ class MambaMixer(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
-    def dense(self, features: int, name: str, **kw) -> nn.Dense:
-        kw = {"use_bias": False, "kernel_init": torch_uniform, **kw}
-        return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
+    def dense(self, features: int, name: str, axes: tuple, **kw) -> nn.Dense:
+        """A Dense with the released code's defaults; `axes`: its (inputs, outputs) names."""
+        kw = {"use_bias": False, "kernel_init": torch_uniform, "bias_init": _logical.ZEROS, **kw}
+        inits = _logical.dense(*axes, kw.pop("kernel_init"), kw.pop("bias_init"))
+        return nn.Dense(
+            features, **inits, **kw, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+        )
 
     @nn.compact
     def __call__(self, u: jax.Array, *, decode: bool = False) -> jax.Array:
@@ -165,14 +170,18 @@ class MambaMixer(nn.Module):
         width, length = u.shape[-1], u.shape[1]
         inner, n = self.expand * width, self.d_state
         rank = self.dt_rank or math.ceil(width / 16)
-        x, z = jnp.split(self.dense(2 * inner, "in_proj")(u), 2, axis=-1)  # (B, T, Di) each
+        # in_proj's 2 Di outputs are x and z side by side: unnamed, as splitting them would
+        # hand x to some devices and z to others; every other Di is mlp (_logical).
+        in_proj = self.dense(2 * inner, "in_proj", axes=(("embed",), (None,)))
+        x, z = jnp.split(in_proj(u), 2, axis=-1)  # (B, T, Di) each
 
         # Depthwise causal conv, as PyTorch's Conv1d(groups=Di, padding=K-1) cut to T steps:
         # out_t = bias + sum_k kernel[k] * x_{t-(K-1)+k}.
         bound = 1 / math.sqrt(self.d_conv)
         conv_init = lambda k, s, d: jax.random.uniform(k, s, d, -bound, bound)  # noqa: E731
-        kernel = self.param("conv_kernel", conv_init, (self.d_conv, inner), self.param_dtype)
-        bias = self.param("conv_bias", conv_init, (inner,), self.param_dtype)
+        kernel_init = _logical.named(conv_init, None, "mlp")  # (K, Di): one filter a channel
+        kernel = self.param("conv_kernel", kernel_init, (self.d_conv, inner), self.param_dtype)
+        bias = self.param("conv_bias", _logical.named(conv_init, "mlp"), (inner,), self.param_dtype)
         if decode:
             window = self.variable(
                 "cache", "conv_state", jnp.zeros, (u.shape[0], self.d_conv - 1, inner), x.dtype
@@ -186,12 +195,18 @@ class MambaMixer(nn.Module):
             conv = conv + padded[:, k : k + length] * kernel[k].astype(self.dtype)
         x = nn.silu(conv)  # (B, T, Di)
 
-        dt, b, c = jnp.split(self.dense(rank + 2 * n, "x_proj")(x), [rank, rank + n], axis=-1)
+        dt, b, c = jnp.split(
+            self.dense(rank + 2 * n, "x_proj", (("mlp",), (None,)))(x), [rank, rank + n], axis=-1
+        )
         # dt_proj's kernel: U(-1/sqrt(R), 1/sqrt(R)), the released dt_init "random".
-        dt = self.dense(inner, "dt_proj", use_bias=True, bias_init=dt_bias_init())(dt)
+        dt_proj = self.dense(
+            inner, "dt_proj", ((None,), ("mlp",)), use_bias=True, bias_init=dt_bias_init()
+        )
+        dt = dt_proj(dt)
         dt = jax.nn.softplus(dt.astype(jnp.float32))  # Δ, (B, T, Di) float32
-        a_log = self.param("A_log", a_log_init, (inner, n), self.param_dtype)
-        d = self.param("D", nn.initializers.ones, (inner,), self.param_dtype)
+        a_init = _logical.named(a_log_init, "mlp", None)
+        a_log = self.param("A_log", a_init, (inner, n), self.param_dtype)
+        d = self.param("D", _logical.named(_logical.ONES, "mlp"), (inner,), self.param_dtype)
         a = -jnp.exp(a_log.astype(jnp.float32))  # (Di, N)
         if decode:
             state = self.variable("cache", "ssm_state", jnp.zeros, (u.shape[0], inner, n))
@@ -201,7 +216,8 @@ class MambaMixer(nn.Module):
                 x, dt, a, b, c, method=self.scan, unroll=self.unroll, remat=self.remat
             )
         y = (y + d.astype(jnp.float32) * x.astype(jnp.float32)).astype(self.dtype)
-        return self.dense(width, "out_proj", kernel_init=self.out_init)(y * nn.silu(z))
+        out_proj = self.dense(width, "out_proj", (("mlp",), ("embed",)), kernel_init=self.out_init)
+        return out_proj(y * nn.silu(z))  # (B, T, D)
 
 
 class Mamba(nn.Module):
@@ -230,7 +246,7 @@ class Mamba(nn.Module):
         embed = nn.Embed(
             self.vocab_size,
             self.width,
-            embedding_init=nn.initializers.normal(0.02),
+            embedding_init=_logical.named(nn.initializers.normal(0.02), "vocab", "embed"),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="embedding",
@@ -238,8 +254,9 @@ class Mamba(nn.Module):
         # The released init rescales out_proj by 1/sqrt(num_layers) (rescale_prenorm_residual).
         out_init = nn.initializers.variance_scaling(1 / (3 * self.num_layers), "fan_in", "uniform")
         norm = lambda name: nn.RMSNorm(  # noqa: E731
-            epsilon=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name
-        )
+            epsilon=self.norm_eps, scale_init=_logical.named(_logical.ONES, "embed"),
+            dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+        )  # fmt: skip
         h = embed(x)  # (B, T, D)
         for i in range(self.num_layers):
             mixer = MambaMixer(

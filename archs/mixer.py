@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs import _remat
+from archbench.archs import _logical, _remat
 from archbench.archs._transformer import Mlp, layer_norm
 from archbench.archs.registry import CIFAR, IMAGE_28, IMAGENET, ArchSpec, Size, register
 from archbench.archs.vit import embed_patches
@@ -37,9 +37,10 @@ class MixerLayer(nn.Module):
         def norm(name: str) -> nn.LayerNorm:
             return layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name)
 
-        def mlp(hidden: int, name: str) -> Mlp:  # Dense, GELU, Dense back to the input width
+        def mlp(hidden: int, axis: str | None, name: str) -> Mlp:  # Dense, GELU, Dense back
             return Mlp(
                 hidden,
+                axis=axis,  # the width it maps back to: the patches (unnamed) or channels
                 act=nn.gelu,  # flax's (tanh-approximate) GELU, as the released code
                 kernel_init=lecun_normal,
                 dtype=self.dtype,
@@ -48,9 +49,9 @@ class MixerLayer(nn.Module):
             )
 
         y = jnp.swapaxes(norm("ln_token")(x), 1, 2)  # (B, C, S): mix across patches
-        x = x + jnp.swapaxes(mlp(self.tokens_mlp_dim, "token_mixing")(y), 1, 2)  # (B, S, C)
+        x = x + jnp.swapaxes(mlp(self.tokens_mlp_dim, None, "token_mixing")(y), 1, 2)  # (B, S, C)
         y = norm("ln_channel")(x)  # (B, S, C): mix across channels
-        return x + mlp(self.channels_mlp_dim, "channel_mixing")(y)  # (B, S, C)
+        return x + mlp(self.channels_mlp_dim, "embed", "channel_mixing")(y)  # (B, S, C)
 
 
 class MLPMixer(nn.Module):
@@ -86,7 +87,8 @@ class MLPMixer(nn.Module):
         h = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, "ln_final")(h)
         head = nn.Dense(
             self.num_classes,
-            kernel_init=nn.initializers.zeros,  # zero head kernel, as the released code
+            # zero head kernel, as the released code
+            **_logical.dense(("embed",), ("classes",), nn.initializers.zeros),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="head",

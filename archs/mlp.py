@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.archs import _logical
 from archbench.archs.registry import IMAGE_28, MNIST1D, ArchSpec, Size, register
 
 
@@ -21,12 +22,15 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        names = _logical.hidden_layers(len(self.hidden))  # None, mlp, embed, ...
+        dense = lambda n, i, o: nn.Dense(  # noqa: E731
+            n, **_logical.dense((i,), (o,)), dtype=self.dtype, param_dtype=self.param_dtype
+        )
         x = x.reshape(x.shape[0], -1)  # (B, H*W*C)
-        for width in self.hidden:
-            x = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-            x = self.act(x)
+        for width, inputs, outputs in zip(self.hidden, names, names[1:], strict=False):
+            x = self.act(dense(width, inputs, outputs)(x))
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        return dense(self.num_classes, names[-1], "classes")(x)  # (B, classes)
 
 
 register(

@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.archs import _logical
 from archbench.archs._transformer import ATTENTION_VARIANTS
 from archbench.archs.llama import INIT, Initializer, Llama
 from archbench.archs.registry import ArchSpec, InputSpec, Size, count_params, register
@@ -114,9 +115,11 @@ class Experts(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         e, width, hidden = self.num_experts, x.shape[-1], self.hidden
         # N(0, 0.02) like every Llama matrix (Hugging Face's MixtralConfig: initializer_range).
-        w1 = self.param("w1", self.kernel_init, (e, width, hidden), self.param_dtype)
-        w3 = self.param("w3", self.kernel_init, (e, width, hidden), self.param_dtype)
-        w2 = self.param("w2", self.kernel_init, (e, hidden, width), self.param_dtype)
+        up = _logical.named(self.kernel_init, "expert", "embed", "mlp")
+        down = _logical.named(self.kernel_init, "expert", "mlp", "embed")
+        w1 = self.param("w1", up, (e, width, hidden), self.param_dtype)
+        w3 = self.param("w3", up, (e, width, hidden), self.param_dtype)
+        w2 = self.param("w2", down, (e, hidden, width), self.param_dtype)
         x = x.astype(self.dtype)
         mm = functools.partial(jnp.einsum, preferred_element_type=self.dtype)
         gate = nn.silu(mm("ecd,edf->ecf", x, w1.astype(self.dtype)))  # (E, C, F)
@@ -146,9 +149,10 @@ class RoutedExperts(nn.Module):
         tokens = x.reshape(-1, width)  # (N, D)
         n, e = tokens.shape[0], self.num_experts
         # The router in float32 (Switch's "selective precision").
+        # The router's (D, E) kernel names no expert axis: every device routes every token.
         logits = nn.Dense(
-            e, use_bias=False, kernel_init=self.kernel_init, dtype=jnp.float32,
-            param_dtype=self.param_dtype, name="router",
+            e, use_bias=False, **_logical.dense(("embed",), (None,), self.kernel_init),
+            dtype=jnp.float32, param_dtype=self.param_dtype, name="router",
         )(tokens)  # (N, E)  # fmt: skip
         experts, gates = route(logits, self.top_k)  # (N, k) each
         self.sow("losses", "load_balance", self.aux_loss_coef * load_balance_loss(logits, experts))

@@ -200,8 +200,30 @@ def init_variables(module: nn.Module, input_spec: InputSpec, key: jax.Array, bat
     x = jax.tree.map(jnp.zeros_like, input_spec.example(jax.random.key(0), batch))
     # Jitted, so that all initialisers compile as one program: run eagerly, each parameter
     # shape compiles its own random-number kernel, which dominates a tiny model's init time.
-    init = jax.jit(lambda k, x: module.init({"params": k, "dropout": k}, x, train=False))
-    return init(key, x)
+    init = jax.jit(lambda k, x: _init_boxed(module, k, x))
+    return nn.unbox(init(key, x))  # plain arrays: no consumer sees the logical names' boxes
+
+
+def _init_boxed(module: nn.Module, key: jax.Array, x):
+    return module.init({"params": key, "dropout": key}, x, train=False)
+
+
+def logical_axes(module: nn.Module, input_spec: InputSpec) -> dict[tuple[str, ...], tuple]:
+    """Each parameter's logical axis names (archbench.archs._logical), from shapes alone.
+
+    Returns:
+      {path in the params tree, as a tuple of names: one name or None per dimension}; a
+      parameter its family does not name has None for every dimension.
+    """
+    boxed = jax.eval_shape(
+        lambda k: _init_boxed(module, k, input_spec.example(k, 1)), jax.random.key(0)
+    )["params"]
+    is_box = lambda a: isinstance(a, nn.Partitioned)  # noqa: E731
+    names = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(boxed, is_leaf=is_box):
+        keys = tuple(str(getattr(k, "key", k)) for k in path)
+        names[keys] = tuple(leaf.names) if is_box(leaf) else (None,) * len(leaf.shape)
+    return names
 
 
 def count_params(tree) -> int:

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs import _conv, _remat
+from archbench.archs import _conv, _logical, _remat
 from archbench.archs.registry import CIFAR, IMAGENET, ArchSpec, Size, register
 
 ModuleDef = Any
@@ -98,7 +98,7 @@ class ResNet(nn.Module):
         conv = _conv.conv_class(
             self.conv_impl,
             use_bias=False,
-            kernel_init=he_normal,
+            **_logical.conv("conv_in", "conv_out", kernel_init=he_normal),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
@@ -108,6 +108,7 @@ class ResNet(nn.Module):
             momentum=0.9,
             epsilon=1e-5,
             force_float32_reductions=self.norm_dtype == "float32",
+            **_logical.norm("conv_out"),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
@@ -127,7 +128,12 @@ class ResNet(nn.Module):
                 x = block(width, conv, norm, self.act, strides, self.shortcut)(x)
             # (B, H / 2**i, W / 2**i, width * expansion) after stage i (relative to its input)
         x = jnp.mean(x, axis=(1, 2))  # (B, C): global average pool, 7x7 at 224x224
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        return nn.Dense(
+            self.num_classes,
+            **_logical.dense(("conv_out",), ("classes",)),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)
 
 
 CIFAR_STYLE = {"block_cls": BasicBlock, "stem": "cifar", "shortcut": "pad", "num_classes": 10}

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs import _remat
+from archbench.archs import _logical, _remat
 from archbench.archs._transformer import ATTENTION_VARIANTS, Block, layer_norm, learned_positions
 from archbench.archs.registry import CIFAR, IMAGE_28, IMAGENET, ArchSpec, Size, register
 
@@ -34,6 +34,7 @@ def embed_patches(x: jax.Array, patch: int, width: int, dtype, param_dtype, name
         (patch, patch),
         strides=(patch, patch),
         padding="VALID",
+        **_logical.conv("conv_in", "embed"),
         dtype=dtype,
         param_dtype=param_dtype,
         name=name,
@@ -67,7 +68,8 @@ class ViT(nn.Module):
         )  # (B, N, D)
         # Initialised as the released JAX code (google-research/vision_transformer): a zero
         # class token, positions from N(0, 0.02), a zero head kernel.
-        cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.width), self.param_dtype)
+        cls_init = _logical.named(_logical.ZEROS, None, None, "embed")
+        cls = self.param("cls_token", cls_init, (1, 1, self.width), self.param_dtype)
         cls = jnp.broadcast_to(cls.astype(self.dtype), (h.shape[0], 1, self.width))
         h = jnp.concatenate([cls, h], axis=1)  # (B, N + 1, D): the class token first
         tokens = h.shape[1]
@@ -94,7 +96,7 @@ class ViT(nn.Module):
         h = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, "ln_final")(h)
         head = nn.Dense(
             self.num_classes,
-            kernel_init=nn.initializers.zeros,
+            **_logical.dense(("embed",), ("classes",), nn.initializers.zeros),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="head",

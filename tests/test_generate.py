@@ -8,6 +8,7 @@ family tests check against hand-written NumPy references.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +34,7 @@ DECODERS = [
 def _params(module, tokens, seed=1):
     """Random float32 parameters of `module`'s tree, drawn in NumPy (no init to compile):
     matrices N(0, 0.05^2), vectors (norm scales, biases) 1 + N(0, 0.1^2)."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), tokens)["params"]
+    shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), tokens))["params"]
     rng = np.random.default_rng(seed)
 
     def draw(s):

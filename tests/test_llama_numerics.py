@@ -8,6 +8,7 @@ SwiGLU, a whole tiny forward, causality and the parameter counts of every size.
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +25,7 @@ def _f64(tree):
 def _params(module, *inputs, std=0.02, seed=1):
     """Random float32 parameters of `module`'s own tree and shapes, drawn in NumPy (no init
     compile): matrices N(0, std^2), RMSNorm scales 1 + N(0, 0.2^2) so that they are tested."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), *inputs)["params"]
+    shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), *inputs))["params"]
     rng = np.random.default_rng(seed)
 
     def draw(s):

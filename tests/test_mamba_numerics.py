@@ -4,6 +4,7 @@ written out step by step, causality, and the FLOPs the benchmark counts through 
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,7 +108,7 @@ def test_mixer_matches_its_equations_step_by_step():
     rng = np.random.default_rng(3)
     u = rng.standard_normal((2, 11, 8), np.float32)
     module = MambaMixer(d_state=4)  # Di 16, R = ceil(8/16) = 1
-    params = jax.jit(module.init)(jax.random.key(0), u)["params"]
+    params = nn.unbox(jax.jit(module.init)(jax.random.key(0), u))["params"]  # plain arrays
     assert params["conv_kernel"].shape == (4, 16) and params["A_log"].shape == (16, 4)
     assert params["x_proj"]["kernel"].shape == (16, 1 + 2 * 4)
     # Move every parameter off its init (D = 1, A_log = log(1..N)) so each one is tested.

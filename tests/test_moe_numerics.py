@@ -8,6 +8,7 @@ the FLOPs of the expert slots actually computed, and the training loss with the 
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +39,7 @@ def _params(module, x, std=0.5, seed=1):
     """Random float32 parameters of the module's own tree, drawn in NumPy; by default a large
     std, so that the router's choices and the experts' outputs differ clearly (RMSNorm
     scales too: the tests need no particular value)."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), x)["params"]
+    shapes = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), x))["params"]
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: (std * rng.standard_normal(s.shape)).astype(np.float32), shapes)
 
@@ -105,7 +106,7 @@ def test_flops_count_only_the_expert_slots_computed():
     n, d, f, e, k = 64, 32, 64, 8, 2
     layer = RoutedExperts(f, num_experts=e, top_k=k)  # capacity_factor 1.25
     x = jnp.zeros((2, n // 2, d))
-    params = jax.eval_shape(layer.init, jax.random.key(0), x)["params"]
+    params = nn.unbox(jax.eval_shape(layer.init, jax.random.key(0), x))["params"]
     counted, _ = analysis.cost(jax.jit(layer.apply).lower({"params": params}, x).compile())
     slots = math.ceil(1.25 * k * n / e)  # 20 of each expert's 64 possible tokens
     analytic = (

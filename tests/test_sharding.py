@@ -3,7 +3,9 @@
 The sharded runs happen in a subprocess with four simulated CPU devices. Each strategy's
 prepared cell is given the one-device cell's initial state and batch (placed with the
 strategy's own shardings), takes one step, and must give the same loss and the same updated
-parameters as the one device, within float32 tolerance.
+parameters as the one device, within float32 tolerance. The strategies are tables from the
+logical axes the families name (archbench.archs._logical) to mesh axes: a family gets tp or
+ep because it names their axes, whatever its layers are called.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from archbench.archs import UserError
+from archbench import archs
+from archbench.archs import Unsupported, UserError
 from archbench.engine import analysis, sharding
 from archbench.engine.cell import Cell, from_id, validate
 
@@ -26,6 +31,7 @@ SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     from archbench.engine.measure import Cell, prepare
     from archbench.engine.outcome import failure
+    from archbench.engine.sharding import path_keys, path_text
 
     def copy(a):  # the step donates its state: never hand it the arrays kept for later runs
         is_key = jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
@@ -41,6 +47,20 @@ SCRIPT = textwrap.dedent(
         params = jax.tree.map(np.asarray, prepared.state.params)
         return float(metrics["loss"]), params
 
+    def placed(state):
+        # each parameter's shard shape; [matched, mismatched]: optimizer moments mirroring a
+        # parameter (same path tail and shape) with and without its sharding
+        leaves = jax.tree_util.tree_leaves_with_path(state.params)
+        shards = {path_text(k): list(a.sharding.shard_shape(a.shape)) for k, a in leaves}
+        by_keys = {path_keys(k): a for k, a in leaves}
+        same = [0, 0]
+        for k, m in jax.tree_util.tree_leaves_with_path(state.opt_state):
+            keys = path_keys(k)
+            tails = [keys[i:] for i in range(len(keys)) if keys[i:] in by_keys]
+            if tails and by_keys[tails[0]].shape == m.shape:
+                same[m.sharding != by_keys[tails[0]].sharding] += 1
+        return shards, same
+
     out = {}
     for arch, strategies in json.loads(sys.argv[1]).items():
         ref = prepare(Cell(arch, "tiny", "train", 8, "float32"))
@@ -54,6 +74,7 @@ SCRIPT = textwrap.dedent(
                 out[cell.id] = {"status": failure(cell, e)["status"]}
                 continue
             specs = {str(a.sharding.spec) for a in jax.tree.leaves(p.state.params)}
+            shards, moments = placed(p.state)
             loss, params = one_step(p, state, batch)
             diff = max(
                 float(np.max(np.abs(a - b)))
@@ -62,20 +83,28 @@ SCRIPT = textwrap.dedent(
             out[cell.id] = {
                 "status": "ok", "loss": [loss1, loss], "max_param_diff": diff,
                 "specs": sorted(specs), "argument_bytes": p.facts["argument_bytes"],
-                "collectives": p.facts["collectives"],
+                "collectives": p.facts["collectives"], "shards": shards, "moments": moments,
             }
     print(json.dumps(out))
     """
 )
 
 CASES = {
+    # MLP tiny: 32 hidden units (mlp), 8 per device under tp; no experts, so no ep
     "mlp": [["dp", None], ["fsdp", None], ["tp", None], ["ep", None]],
     # GPT tiny has 2 heads: tensor parallel over model=2, data parallel over the other 2
     "gpt": [["dp", None], ["fsdp", None], ["tp", "data=2,model=2"], ["fsdp+tp", "data=2,model=2"]],
     # Llama tiny: grouped-query attention (4 query heads, 2 key/value heads) and SwiGLU
     "llama": [["fsdp", None], ["tp", "data=2,model=2"]],
-    # Mixture of Experts tiny: 4 experts, one per device under expert parallelism
-    "moe": [["ep", None]],
+    # Mixture of Experts tiny: 4 experts, one per device under expert parallelism; under tp
+    # its heads and every expert's hidden units
+    "moe": [["ep", None], ["tp", "data=2,model=2"]],
+    # Mamba tiny: 64 inner channels (mlp), split over model=2 with the conv, A and D
+    "mamba": [["tp", "data=2,model=2"]],
+    # LeNet-5 tiny: its F6 layer's 8 units (mlp); the convolutions stay whole
+    "lenet5": [["tp", None]],
+    # ResNet names conv_in, conv_out and classes only: nothing tp splits
+    "resnet": [["tp", None]],
 }
 
 
@@ -105,6 +134,10 @@ def four_devices():
         "llama-tiny-train-b8-float32-d4-sfsdp",
         "llama-tiny-train-b8-float32-d4-stp-mdata2model2",
         "moe-tiny-train-b8-float32-d4-sep",
+        "mlp-tiny-train-b8-float32-d4-stp",
+        "moe-tiny-train-b8-float32-d4-stp-mdata2model2",
+        "mamba-tiny-train-b8-float32-d4-stp-mdata2model2",
+        "lenet5-tiny-train-b8-float32-d4-stp",
     ],
 )
 def test_sharded_step_matches_one_device(four_devices, cell_id):
@@ -123,6 +156,8 @@ def test_sharded_step_matches_one_device(four_devices, cell_id):
         assert any("model" in s for s in r["specs"])
     if "-sep" in cell_id:  # the experts' (E, ...) weights split, one expert per device
         assert "P('data', None, None)" in r["specs"]
+    matched, mismatched = r["moments"]  # adamw's mu and nu: two per parameter
+    assert matched == 2 * len(r["shards"]) and mismatched == 0
 
 
 def test_fsdp_splits_the_state_a_quarter_per_device(four_devices):
@@ -131,30 +166,76 @@ def test_fsdp_splits_the_state_a_quarter_per_device(four_devices):
     assert fsdp < 0.5 * dp
 
 
-def test_a_family_without_tensor_parallel_rules_is_unsupported(four_devices):
-    assert four_devices["mlp-tiny-train-b8-float32-d4-stp"] == {"status": "unsupported"}
+def test_shards_are_what_the_tables_imply(four_devices):
+    """Per device, under tp over model=2: heads and hidden units halved, the rest whole;
+    under fsdp+tp also the largest free dimension halved over data=2 (GPT tiny: width 32,
+    2 heads of 16, 128 hidden units, 128 tokens)."""
+    tp = four_devices["gpt-tiny-train-b8-float32-d4-stp-mdata2model2"]["shards"]
+    assert tp["/block_0/self_attn/query/kernel"] == [32, 1, 16]  # (embed, heads, kv)
+    assert tp["/block_0/self_attn/query/bias"] == [1, 16]  # (heads, kv)
+    assert tp["/block_0/self_attn/out/kernel"] == [1, 16, 32]  # (heads, kv, embed): by rows
+    assert tp["/block_0/mlp/fc/kernel"] == [32, 64]  # (embed, mlp): by columns
+    assert tp["/block_0/mlp/proj/kernel"] == [64, 32]  # (mlp, embed): by rows
+    assert tp["/block_0/mlp/proj/bias"] == [32]  # (embed,): whole, added after the reduction
+    assert tp["/token_embed/embedding"] == [128, 32]  # (vocab, embed): no tp axis
+    both = four_devices["gpt-tiny-train-b8-float32-d4-sfsdp+tp-mdata2model2"]["shards"]
+    assert both["/block_0/mlp/fc/kernel"] == [16, 64]
+    assert both["/block_0/self_attn/query/kernel"] == [16, 1, 16]
+    assert both["/token_embed/embedding"] == [64, 32]
+    fsdp = four_devices["gpt-tiny-train-b8-float32-d4-sfsdp"]["shards"]
+    assert fsdp["/block_0/mlp/fc/kernel"] == [32, 32]  # the largest dimension over data=4
+    ep = four_devices["moe-tiny-train-b8-float32-d4-sep"]["shards"]
+    assert ep["/block_0/mlp/experts/w1"] == [1, 32, 64]  # (expert, embed, mlp): one expert
+    assert ep["/block_0/mlp/router/kernel"] == [32, 4]  # (embed, None): every device routes
+    moe_tp = four_devices["moe-tiny-train-b8-float32-d4-stp-mdata2model2"]["shards"]
+    assert moe_tp["/block_0/mlp/experts/w2"] == [4, 32, 32]  # (expert, mlp, embed): by rows
+    assert moe_tp["/block_0/attention/key/kernel"] == [32, 1, 8]  # (embed, kv_heads, kv)
+    mlp_tp = four_devices["mlp-tiny-train-b8-float32-d4-stp"]["shards"]
+    assert mlp_tp["/Dense_0/kernel"] == [784, 8] and mlp_tp["/Dense_1/kernel"] == [8, 10]
+
+
+def test_a_family_naming_no_axis_of_the_table_is_unsupported(four_devices):
+    assert four_devices["resnet-tiny-train-b8-float32-d4-stp"] == {"status": "unsupported"}
     assert four_devices["mlp-tiny-train-b8-float32-d4-sep"] == {"status": "unsupported"}
+    layout = sharding.layout("tp", jax.devices()[:1])
+    shapes = {"Dense_0": {"kernel": jax.ShapeDtypeStruct((8, 4), jnp.float32)}}
+    with pytest.raises(Unsupported, match="tp splits heads, kv_heads, mlp; this family names"):
+        layout.state(shapes, {("Dense_0", "kernel"): ("conv_in", "conv_out")})
+    with pytest.raises(Unsupported, match="names none"):
+        layout.state(shapes)  # no names at all
 
 
-def test_rules_place_attention_heads_and_mlp_hidden_units():
-    assert sharding.tp_spec("/params/block_0/self_attn/query/kernel", (32, 2, 16)) == (
-        None,
-        "model",
-        None,
-    )
-    assert sharding.tp_spec("/opt_state/0/mu/block_0/mlp/proj/kernel", (128, 32)) == (
-        "model",
-        None,
-    )
-    assert sharding.tp_spec("/params/Dense_0/kernel", (784, 512)) is None
-    # ep: a Mixture of Experts' stacked experts along E; its router and a dense MLP stay whole
-    assert sharding.ep_spec("/opt_state/0/nu/block_1/mlp/experts/w2", (8, 64, 32)) == (
+def test_tables_map_logical_axes_that_families_name():
+    """Every table's key is a logical axis some registered family names: the tables speak
+    the families' language, not their layers' names."""
+    named = set()
+    for arch in archs.names():
+        spec = archs.get(arch)
+        names = archs.logical_axes(spec.build("tiny"), spec.size("tiny").input)
+        named |= {n for dims in names.values() for n in dims if n}
+    for part in sharding.PARTS.values():
+        assert set(part.table) <= named, part
+    assert {"heads", "mlp", "expert", "embed", "vocab", "conv_out"} <= named
+
+
+def test_specs_follow_the_names_then_the_fill():
+    sizes = {"data": 2, "model": 2}
+    spec = sharding.spec_of
+    assert spec(("embed", "heads", "kv"), (32, 2, 16), ("tp",), sizes) == (None, "model", None)
+    assert spec(("embed", "heads", "kv"), (32, 2, 16), ("fsdp", "tp"), sizes) == (
         "data",
-        None,
+        "model",
         None,
     )
-    assert sharding.ep_spec("/params/block_0/mlp/router/kernel", (32, 8)) is None
-    assert sharding.ep_spec("/params/block_0/mlp/w1/kernel", (32, 96)) is None
+    assert spec(("expert", "embed", "mlp"), (4, 32, 64), ("ep",), sizes) == ("data", None, None)
+    assert spec(("mlp", "mlp"), (8, 8), ("tp",), sizes) == ("model", None)  # one axis once
+    with pytest.raises(Unsupported, match="3 along 'heads' is not divisible by model=2"):
+        spec(("embed", "heads", "kv"), (32, 3, 16), ("tp",), sizes)
+    # an optimizer moment takes the names of the parameter whose path ends its own
+    logical = {("block_0", "mlp", "fc", "kernel"): ("embed", "mlp")}
+    keys = ("opt_state", "0", "mu", "block_0", "mlp", "fc", "kernel")
+    assert sharding.names_at(keys, 2, logical) == ("embed", "mlp")
+    assert sharding.names_at((*keys[:-1], "bias"), 1, logical) == (None,)
     # fsdp: the largest dimension the data axis divides; an indivisible array stays whole
     assert sharding.fsdp_spec((784, 512), 4, (None, None)) == ("data", None)
     assert sharding.fsdp_spec((10,), 4, (None,)) == (None,)

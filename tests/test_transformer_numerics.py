@@ -3,6 +3,7 @@
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,7 +43,7 @@ def test_attention_matches_naive_softmax(cross, causal, use_bias):
     x = jax.random.normal(kx, (2, 5, 16))
     context = jax.random.normal(kc, (2, 7, 16)) if cross else None
     module = MultiHeadAttention(num_heads=4, use_bias=use_bias)
-    params = module.init(kp, x, context, causal=causal)["params"]
+    params = nn.unbox(module.init(kp, x, context, causal=causal))["params"]  # no logical boxes
     if use_bias:  # the default init makes biases zero; give them values so they are tested
         leaves, tree = jax.tree.flatten(params)
         keys = jax.random.split(jax.random.key(1), len(leaves))

@@ -3,6 +3,7 @@ in float64 from the module's own parameters, plus their canonical shapes."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def _mixer_reference(p, x, config):
 def test_vit_patch_embedding_is_a_matmul_over_patches():
     module = ViT(patch_size=4, num_layers=0, width=8, num_heads=2, mlp_dim=16, num_classes=3)
     x = _normal(np.random.default_rng(0), (2, 8, 12, 3))  # 2x3 patches, not square
-    params = _perturbed(jax.jit(module.init)(jax.random.key(0), x)["params"])
+    params = _perturbed(nn.unbox(jax.jit(module.init)(jax.random.key(0), x))["params"])
     apply = functools.partial(
         module.apply,
         capture_intermediates=lambda mdl, _: mdl.name == "patch_embed",
@@ -122,7 +123,7 @@ def test_vit_patch_embedding_is_a_matmul_over_patches():
 def test_mixer_layer_follows_eq_1():
     module = MixerLayer(tokens_mlp_dim=4, channels_mlp_dim=12)
     x = _normal(np.random.default_rng(0), (2, 6, 5))  # 6 patches of 5 channels
-    params = _perturbed(jax.jit(module.init)(jax.random.key(0), x)["params"])
+    params = _perturbed(nn.unbox(jax.jit(module.init)(jax.random.key(0), x))["params"])
     # Token mixing maps the 6 patches to D_S = 4 and back; channel mixing 5 channels to 12.
     assert params["token_mixing"]["fc"]["kernel"].shape == (6, 4)
     assert params["channel_mixing"]["fc"]["kernel"].shape == (5, 12)

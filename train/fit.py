@@ -14,7 +14,8 @@ the epoch's first step does not wait for it. out_dir holds:
 
 On several devices `fit(..., placement=...)` takes a placement from the caller (the CLI
 builds an `engine.sharding.Layout`; train does not import engine): an object whose
-`.state(abstract_state)` gives a sharding for every array of the train state and whose
+`.state(abstract_state, logical_axes)` gives a sharding for every array of the train state
+(`logical_axes`: `archs.logical_axes(module, input_spec)`, its parameters' names) and whose
 `.batch` is the batch's `NamedSharding`. The state is created already split
 (`jax.jit(init, out_shardings=...)`), every train and test batch is placed with the batch
 sharding, and the global batch stays the recipe's, so the curve is one device's up to float
@@ -136,7 +137,8 @@ def _start(recipe: Recipe, x: np.ndarray, total_steps: int, placement):
         if placement is None:
             init, steps = jax.jit(create), {"step": jit_train_step, "copy": _copy}
         else:
-            shardings = placement.state(jax.eval_shape(create, jax.random.key(0)))
+            shapes = jax.eval_shape(create, jax.random.key(0))
+            shardings = placement.state(shapes, archs.logical_axes(module, spec))
             init = jax.jit(create, out_shardings=shardings)
             steps = {
                 "step": jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, None)),

@@ -65,7 +65,7 @@ def _state_and_batch(
 
     key, batch_key = jax.random.key(0, impl="rbg"), jax.random.key(1, impl="rbg")
     shapes = jax.eval_shape(init, key)
-    shardings = placement.state(shapes)
+    shardings = placement.state(shapes, archs.logical_axes(module, inputs))
     if abstract:
         place = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
         batch_shapes = jax.eval_shape(make_batch, batch_key)
