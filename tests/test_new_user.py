@@ -210,22 +210,19 @@ def test_compare_threshold_must_be_finite(tmp_path, capsys, argv, message):
 
 
 @pytest.mark.parametrize("seed", ["-5", "99999999999999999999", "4294967296"])
-def test_train_seed_out_of_range_is_one_line(capsys, seed):
+def test_train_seed_out_of_range_is_one_line(capsys, tmp_path, seed):
     """A negative seed or one past 32 bits ended in a numpy traceback (or, from 2**32, was
     silently the same key as another seed); the integer options refuse nan and inf already."""
-    assert main(["train", "gru-mnist1d", "--seed", seed, "--out", "never-written"]) == 2
+    out = tmp_path / "never-written"
+    assert main(["train", "gru-mnist1d", "--seed", seed, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"archbench: error: --seed must be 0 to 4294967295, got {seed}"
+    assert not out.exists()
     for option in ("--epochs", "--seed", "--devices"):
         assert main(["train", "gru-mnist1d", option, "nan"]) == 2
         assert "invalid int value: 'nan'" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 23, not fixed here: bench/cli/run_cmd.py's pytest_args must pass "
-    "--benchmark-storage=file://<an existing folder> (its authors are rewriting it)",
-)
 def test_the_matrix_leaves_no_benchmarks_folder(tmp_path, monkeypatch):
     """`archbench run` left an empty .benchmarks/ in the working directory: pytest-benchmark's
     FileStorage makes its --benchmark-storage folder (default ./.benchmarks) as its session

@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -182,6 +183,9 @@ def pytest_args(args, out: Path | None) -> list[str]:
         "-p",  # pytest-benchmark turns its timers off where xdist is loaded: never split cells
         "no:xdist",
         "--benchmark-enable",
+        # pytest-benchmark makes its storage folder (./.benchmarks) as it starts, though
+        # archbench never saves there: point it at the temporary folder, not the user's
+        f"--benchmark-storage=file://{tempfile.gettempdir()}",
         "--archbench-progress",
     ]
     if out is not None:

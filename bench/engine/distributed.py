@@ -44,7 +44,10 @@ _HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9._-]*")
 # what the relay holds back from: a native (absl) log line, "W1203 00:04:45.169875   23272
 # file.cc:12] ..." (a fatal error's multi-line report starts with them), or Python's
 # faulthandler report
-_NATIVE_LOG = re.compile(rb"^([IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]|Fatal Python error)")
+# (gloo's own abort, "terminate called ... what(): ...", goes there too)
+_NATIVE_LOG = re.compile(
+    rb"^([IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]|Fatal Python error|terminate called )"
+)
 # gloo's note on every connection, from several threads at once (so lines may interleave)
 _NOISE = re.compile(rb"\[Gloo\] Rank \d+ is connected to|peer ranks\. Expected number of")
 _console = None  # the supervised child's own stderr, out of reach of pytest's capture
@@ -334,6 +337,8 @@ def _relay(read_fd: int) -> bytes:
 def _native_reason(held: bytes) -> str:
     """The status of a native fatal error ('DEADLINE_EXCEEDED: Deadline Exceeded'), if any."""
     text = held.decode(errors="replace")
+    if "collective mismatch" in text.lower():
+        return "the processes ran different collectives: give every process the same command line"
     found = re.search(r"absl::Status: ([^\n]+)", text) or re.search(r"^F.*?\] ([^\n]+)", text, re.M)
     return found.group(1).split(". ")[0].strip()[:200] if found else ""
 

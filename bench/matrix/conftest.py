@@ -118,4 +118,5 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    output_json.setdefault(results.MARKER, results.marker())  # so --benchmark-json files load
+    # so --benchmark-json files load (a shard of a split matrix says so)
+    output_json.setdefault(results.MARKER, results.marker(split=config.getoption("split")))

@@ -352,6 +352,7 @@ class MatrixSession:
             updated=doc["datetime"],
             target_s=self.target_s,
             complete=complete,
+            split=self.config.getoption("split"),  # "K/N": a shard of one matrix, or None
         )
         results.write_atomic(self.out, results.dump_results(doc))
 

@@ -251,11 +251,11 @@ def build_sections(runs: list[Run], training_dirs=()) -> list:
     rematerialised = remat.remat_table(rows)
     if rematerialised is not None:
         sections.append(Section("Rematerialisation", "remat", [remat.NOTE, rematerialised]))
-    for field in axes.axis_sections():  # one section per axis with keys to compare
-        table = axes.axis_table(field, rows)
+    for axis in axes.axis_sections():  # one section per axis with keys to compare
+        table = axes.axis_table(axis, rows)
         if table is not None:
-            note = f"{field.option}: {field.help}. Each against the same cell at {field.default}."
-            sections.append(Section(f"{field.option[2:].capitalize()}", field.name, [note, table]))
+            note = f"{axis.option}: {axis.help}. Each against the same cell at {axis.default}."
+            sections.append(Section(axis.option[2:].capitalize(), axis.name, [note, table]))
 
     if training_dirs:
         truns = [curves.load_training_run(d) for d in curves.find_run_dirs(training_dirs)]
