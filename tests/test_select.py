@@ -43,3 +43,14 @@ def test_the_api_fills_in_the_default_lengths(monkeypatch):
     archbench.measure("mamba", "tiny", mode="generate", batch=2)
     assert (seen[0].prompt_len, seen[0].gen_len) == (64, 32)
     assert cells_.filled(Cell("gpt", "tiny", "train")).prompt_len is None  # not for train
+
+
+def test_split_deals_shards_of_about_equal_cost():
+    every = cells.select(arch="gpt,llama,mlp,lstm", size="tiny", mode="train,infer")
+    parts = [cells.select(arch="gpt,llama,mlp,lstm", size="tiny", mode="train,infer",
+                          split=f"{k}/2") for k in (1, 2)]  # fmt: skip
+    assert sorted(c.id for p in parts for c in p) == sorted(c.id for c in every)
+    assert not {c.id for c in parts[0]} & {c.id for c in parts[1]}
+    assert {c.mode for c in parts[0]} == {"train", "infer"}  # not every train cell in shard 1
+    costs = [sum(cells.cost(c) for c in p) for p in parts]
+    assert max(costs) <= 1.5 * min(costs)

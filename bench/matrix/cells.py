@@ -8,6 +8,7 @@ spread over array jobs.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -139,8 +140,8 @@ def select(*, split: str | None = None, target=None, **filters: str | None) -> l
         remat to train cells of the families that can; the prompt and generated lengths to
         generate cells (default 64 and 32, where they fit the model's positions), which
         exist for the language models that decode, on one device under dp at a given batch.
-      split: "K/N": only every N-th of the selected cells, from the K-th (1-based), so the
-        N shards are disjoint, cover the selection and are about equally mixed.
+      split: "K/N": only the K-th (1-based) of N disjoint shards that cover the selection,
+        dealt by estimated cost (`shards`), so each takes about as long.
       target: the devices of a TPU topology to compile for (archbench.engine.topology);
         None: this host's.
     Returns:
@@ -203,8 +204,38 @@ def select(*, split: str | None = None, target=None, **filters: str | None) -> l
                 f"--split {split}: shard {k} is empty; the selection has only "
                 f"{len(selected)} cell(s)"
             )
-        selected = selected[k - 1 :: n]
+        selected = shards(selected, n)[k - 1]
     return selected
+
+
+@functools.cache
+def _params(arch: str, size: str) -> int:
+    return archs.param_count(arch, size)
+
+
+def cost(cell: Cell) -> float:
+    """A rough cost of `cell`, to balance shards: 2 FLOPs per parameter per token (or example)
+    of the batch, three times that for a train step (forward and backward), the prompt and
+    generated tokens for a generate cell. It undercounts convolutions, which reuse their
+    parameters at every pixel; it only has to rank cells, not time them."""
+    tokens = cells_.input_spec(cell).tokens_per_example or 1
+    if cell.mode == "generate":
+        tokens = cell.prompt_len + cell.gen_len
+    batch = cell.batch if isinstance(cell.batch, int) else 1
+    return 2.0 * _params(cell.arch, cell.size) * tokens * batch * (3 if cell.mode == "train" else 1)
+
+
+def shards(selected: list[Cell], n: int) -> list[list[Cell]]:
+    """`selected` dealt into `n` disjoint shards of about equal cost: the costliest cell first,
+    each to the shard with the least cost so far (ties: the lower shard), every shard then in
+    the selection's order. The same on every host, so the shards cover the selection."""
+    load = [0.0] * n
+    owner = {}
+    for i in sorted(range(len(selected)), key=lambda i: -cost(selected[i])):
+        k = min(range(n), key=lambda k: (load[k], k))
+        owner[i] = k
+        load[k] += cost(selected[i])
+    return [[c for i, c in enumerate(selected) if owner[i] == k] for k in range(n)]
 
 
 def _takes_sequences(name: str, size: str) -> bool:
