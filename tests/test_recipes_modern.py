@@ -3,6 +3,7 @@ a recipe's target, in `train.recipe_spec`, the training report and `archbench tr
 
 import json
 import math
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -13,6 +14,8 @@ from archbench.train import data, recipes
 from archbench.train.fit import build_module, input_spec_for
 from archbench.train.recipe_spec import Constant, Optimizer, Recipe, time_to_target
 
+# where Debian's dataset-fashion-mnist puts the files (.ci/run installs it)
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 MODERN = ("vit-fashion", "mixer-fashion", "llama-chars", "mamba-chars")
 # The parameter counts each recipe's comment states.
 PARAMS = {"vit-fashion": 19_658, "mixer-fashion": 11_722, "llama-chars": 131_392,
@@ -110,6 +113,8 @@ def test_modern_recipe_builds_for_its_data(name):
     """The module takes the dataset's examples and its outputs cover the labels, from shapes
     alone (no compilation): logits (B, 10) for images, (B, T, 256) for bytes."""
     recipe = recipes.get(name)
+    if recipe.dataset == "fashion_mnist" and not DEBIAN_FASHION_MNIST.is_dir():
+        pytest.skip(f"no {DEBIAN_FASHION_MNIST}: `apt-get install dataset-fashion-mnist`")
     split = data.load(recipe.dataset, "test")
     x, y = split.x[:4], split.y[:4]
     module = build_module(recipe)
