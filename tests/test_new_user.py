@@ -236,3 +236,16 @@ def test_the_matrix_leaves_no_benchmarks_folder(tmp_path, monkeypatch):
     args = build_parser().parse_args(["run", "--arch", "mlp", "--size", "tiny", "--batch", "8"])
     assert matrix_pytest.main([*run_cmd.pytest_args(args, None), "--collect-only"]) == 0
     assert not (tmp_path / ".benchmarks").exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "0"])
+def test_run_target_s_must_be_a_finite_positive_number(capsys, tmp_path, value):
+    """--target-s inf passed the check and then overflowed planning the rounds."""
+    out = tmp_path / "r.json"
+    argv = ["run", "--arch", "mlp", "--size", "tiny", "--target-s", value, "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"archbench: error: --target-s {float(value)}: must be a positive number of seconds"
+    )
+    assert not out.exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import sys
@@ -242,8 +243,8 @@ def run(args) -> int:
     # before the filters are checked, and before a multi-process job forks its child, which
     # inherits the registrations
     plugins.load_files(args.plugin)
-    if args.target_s is not None and not args.target_s > 0:
-        raise UserError(f"--target-s {args.target_s}: must be positive")
+    if args.target_s is not None and not 0 < args.target_s < math.inf:
+        raise UserError(f"--target-s {args.target_s}: must be a positive number of seconds")
     if args.target_topology is not None:
         from archbench.engine import topology
 

@@ -7,6 +7,8 @@ archbench.matrix.session; this file only wires it into pytest.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from archbench.archs import plugins
@@ -63,8 +65,8 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    if config.getoption("target_s") <= 0:
-        raise pytest.UsageError("--target-s must be positive")
+    if not 0 < config.getoption("target_s") < math.inf:
+        raise pytest.UsageError("--target-s must be a positive number of seconds")
     memory = config.getoption("device_memory")
     name = config.getoption("target_topology")
     if config.getoption("archbench_profile") and config.getoption("compile_only"):
