@@ -249,3 +249,47 @@ def test_run_target_s_must_be_a_finite_positive_number(capsys, tmp_path, value):
         err == f"archbench: error: --target-s {float(value)}: must be a positive number of seconds"
     )
     assert not out.exists()
+
+
+NAN_PLUGIN = """
+import flax.linen as nn
+import jax.numpy as jnp
+
+import archbench
+
+
+class Nany(nn.Module):
+    num_classes: int = 10
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(
+            x.reshape(x.shape[0], -1)
+        )
+        return y * jnp.nan
+
+
+archbench.register("nany", Nany, input=archbench.InputSpec("image", (8, 8, 1)),
+                   sizes={"tiny": {}, "small": {}})
+"""
+
+
+def test_a_model_that_outputs_nan_is_not_ok(tmp_path, capsys, monkeypatch):
+    """Issue 23 item 4: `archbench run --plugin nan.py --arch nany --size tiny` recorded ok."""
+    from archbench.archs import plugins, registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(plugins, "_registry", registry._REGISTRY)
+    monkeypatch.setattr(plugins, "ORIGIN", dict(plugins.ORIGIN))
+    monkeypatch.setattr(plugins, "_loaded", dict(plugins._loaded))
+    plugin = tmp_path / "nan.py"
+    plugin.write_text(NAN_PLUGIN, encoding="utf-8")
+    out = tmp_path / "r.json"
+    argv = ["run", "--plugin", str(plugin), "--arch", "nany", "--size", "tiny", "--batch", "4"]
+    assert main([*argv, "--mode", "train,infer", "--target-s", "0.05", "--out", str(out)]) == 1
+    rows = {r["mode"]: r for r in archbench.load(out).to_dict("records")}
+    assert rows["train"]["status"] == "nonfinite" and "the loss" in rows["train"]["error"]
+    assert rows["infer"]["status"] == "nonfinite" and "the outputs" in rows["infer"]["error"]
+    assert "nonfinite" in capsys.readouterr().err

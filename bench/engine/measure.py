@@ -172,6 +172,19 @@ def time_rounds(
             return times
 
 
+def _finiteness(prepared: Prepared) -> dict:
+    """One more step, after the timed ones: a model whose outputs (infer) or loss (train) are
+    NaN or infinite is timed all the same, but its status says so ("nonfinite"), since a
+    step time of garbage is no benchmark of the model."""
+    out = prepared.step()
+    values = out["loss"] if isinstance(out, dict) and "loss" in out else out
+    bad = [a for a in jax.tree.leaves(values) if not bool(np.isfinite(np.asarray(a)).all())]
+    if not bad:
+        return {"status": "ok", "error": None}
+    what = "the loss" if values is not out else "the outputs"
+    return {"status": "nonfinite", "error": f"{what} of a step are not finite (NaN or inf)"}
+
+
 def summarize(cell: Cell, prepared: Prepared, round_times_s: list[float]) -> dict:
     """The result of a measured cell (RESULT_KEYS) from the wall times of its rounds.
 
@@ -202,8 +215,7 @@ def summarize(cell: Cell, prepared: Prepared, round_times_s: list[float]) -> dic
     rss = analysis.host_peak_rss_bytes()
     result = {
         **cell_keys(cell),
-        "status": "ok",
-        "error": None,
+        **_finiteness(prepared),  # status "ok", or "nonfinite" and what was not
         "backend": device.platform,
         "device_kind": device.device_kind,
         "step_time_s": median,
