@@ -234,15 +234,26 @@ def _param_shapes(name: str, size: str):
     """(module, its parameters' ShapeDtypeStructs): nothing is allocated."""
     spec = get(name)
     module = spec.build(size)
-    shapes = jax.eval_shape(
-        lambda k: init_variables(module, spec.size(size).input, k), jax.random.key(0)
-    )
-    return module, shapes["params"]
+    return module, _shapes_of(module, spec.size(size).input)
+
+
+def _shapes_of(module: nn.Module, input_spec: InputSpec):
+    shapes = jax.eval_shape(lambda k: init_variables(module, input_spec, k), jax.random.key(0))
+    return shapes["params"]
 
 
 def param_count(name: str, size: str) -> int:
     """Trainable parameters of (name, size), from shapes alone: nothing is allocated."""
     return count_params(_param_shapes(name, size)[1])
+
+
+def module_param_counts(module: nn.Module, input_spec: InputSpec) -> tuple[int, int]:
+    """(parameters, active parameters) of a built `module` taking `input_spec`, from one
+    evaluation of its shapes (nothing is allocated); see `param_counts`."""
+    params = _shapes_of(module, input_spec)
+    active = getattr(module, "active_param_count", None)
+    total = count_params(params)
+    return total, (active(params) if active is not None else total)
 
 
 def param_counts(name: str, size: str) -> tuple[int, int]:
@@ -252,10 +263,8 @@ def param_counts(name: str, size: str) -> tuple[int, int]:
     `active_param_count(params) -> int` says how many (a Mixture of Experts: all but its idle
     experts); for every other (dense) family they are all the parameters.
     """
-    module, params = _param_shapes(name, size)
-    active = getattr(module, "active_param_count", None)
-    total = count_params(params)
-    return total, (active(params) if active is not None else total)
+    spec = get(name)
+    return module_param_counts(spec.build(size), spec.size(size).input)
 
 
 def active_param_count(name: str, size: str) -> int:

@@ -19,7 +19,6 @@ archbench.text (formatting) import nothing of archbench. See docs/design.md.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 import sys
@@ -41,9 +40,7 @@ from archbench.archs import ArchSpec, InputSpec, Size
 from archbench.archs.plugins import register  # a user's own model: README "Your own model"
 from archbench.engine import cell as _cell
 from archbench.engine import fields as _fields
-from archbench.engine import generate as _generate
-from archbench.engine import measure as _engine
-from archbench.engine.autobatch import find_max_batch
+from archbench.engine.run import run_cell
 from archbench.errors import UserError
 
 __all__ = [
@@ -121,23 +118,10 @@ def measure(arch: str, size: str, *, target_s: float = TARGET_S, **fields) -> di
         raise UserError(
             f"measure: no field {', '.join(unknown)}; the fields: {', '.join(_fields.NAMES[2:])}"
         )
-    cell = _cell.filled(_engine.Cell(arch, size, **fields))
-    auto = cell.batch == _fields.AUTO
-    if auto and cell.mode == "generate":
-        raise UserError("batch 'auto' is for train and infer; give generate a batch size")
-    cell = _cell.with_unit_batch(cell)
-    _engine.validate(cell)
+    cell = _cell.filled(_cell.Cell(arch, size, **fields))
     # the project's PRNG: "rbg" initialises models without a kernel per parameter shape
     with jax.default_prng_impl(os.environ.get("JAX_DEFAULT_PRNG_IMPL", "rbg")):
-        if auto:
-            cell = dataclasses.replace(cell, batch=find_max_batch(cell))
-        if cell.mode == "generate":
-            record = _generate.measure_generate(cell, target_s=target_s)
-        else:
-            record = _engine.measure_cell(cell, target_s=target_s)
-    if auto:
-        record["batch_request"] = "auto"
-    return record
+        return run_cell(cell, target_s=target_s)
 
 
 # help(archbench.measure) shows every field as a keyword argument, with its default

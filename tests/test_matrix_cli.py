@@ -82,11 +82,11 @@ def test_resume_runs_only_missing_and_failed_cells(first_run, tmp_path, monkeypa
     prepared, failing = [], {"mlp-tiny-infer-b8-float32-d1"}
     real_prepare = measure.prepare
 
-    def prepare(cell):
-        prepared.append(cell.id)
-        if cell.id in failing:
+    def prepare(plan):
+        prepared.append(plan.cell.id)
+        if plan.cell.id in failing:
             raise RuntimeError("simulated failure\nwith a second line")
-        return real_prepare(cell)
+        return real_prepare(plan)
 
     monkeypatch.setattr(measure, "prepare", prepare)
     assert main([*RUN, "--out", str(out), "--resume"]) == 0  # nothing left to measure

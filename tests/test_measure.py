@@ -206,8 +206,8 @@ class _FakePrepared:
 def test_find_max_batch_doubles_and_backs_off(
     monkeypatch, fails_at, failure, start, limit, expected
 ):
-    def fake_prepare(cell):
-        if cell.batch >= fails_at:
+    def fake_prepare(plan):
+        if plan.cell.batch >= fails_at:
             raise RuntimeError(failure)
         return _FakePrepared()
 

@@ -9,13 +9,13 @@ step's per-device footprint (compiled_bytes) fits it.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import jax
 
-from archbench.engine.cell import Cell, batch_shards, cell_keys, validate
+from archbench.engine.cell import Cell, batch_shards, with_unit_batch
 from archbench.engine.outcome import RESULT_KEYS, failure
+from archbench.engine.plan import Plan, plan_of
 from archbench.engine.program import compile_cell
 from archbench.errors import UserError
 
@@ -50,12 +50,13 @@ def parse_memory(text: str) -> int:
 
 
 def compile_only(
-    cell: Cell, device_memory: int | None = None, target=None, on_compiled=None
+    cell: Cell | Plan, device_memory: int | None = None, target=None, on_compiled=None
 ) -> dict:
     """Lower and compile `cell` from abstract arguments; never runs or allocates the model.
 
     Args:
-      cell: what to compile; invalid cells raise UserError before anything is compiled.
+      cell: what to compile, resolved (archbench.engine.plan.Plan) or a Cell, resolved here
+        against `target` (invalid cells raise UserError before anything is compiled).
       device_memory: bytes of one device, to say whether the step fits; None to not say.
       target: the devices to compile for (a topology this host need not have:
         archbench.engine.topology); None: this host's.
@@ -65,20 +66,20 @@ def compile_only(
       A record with RESULT_KEYS: status "compiled" (timing keys None), or "unsupported",
       "oom" or "error" with a one-line message; it never raises for a failing model.
     """
-    validate(cell, target)
-    devices = (jax.devices() if target is None else list(target))[: cell.devices]
+    plan = plan_of(cell, target)
+    devices = (jax.devices() if target is None else list(target))[: plan.cell.devices]
     try:
-        compiled, _, facts = compile_cell(cell, devices, abstract=True)
+        compiled, _, facts = compile_cell(plan, devices, abstract=True)
         if on_compiled is not None:
             on_compiled(compiled)
     except Exception as exc:
-        result = failure(cell, exc)
+        result = failure(plan, exc)
         if result["status"] == "oom" and device_memory is not None:
             # XLA's TPU compiler refuses a program larger than the device (CompileTimeHbmOom)
             result["device_memory_bytes"], result["fits"] = device_memory, False
         return result
     result = dict.fromkeys(RESULT_KEYS)
-    result.update(cell_keys(cell))
+    result.update(plan.keys)
     result.update({k: v for k, v in facts.items() if k in result})
     result["status"] = "compiled"
     result["backend"], result["device_kind"] = devices[0].platform, devices[0].device_kind
@@ -89,13 +90,18 @@ def compile_only(
     return result
 
 
-def largest_batch_that_fits(cell: Cell, device_memory: int, limit: int = 2**16, target=None) -> int:
+def largest_batch_that_fits(
+    plan: Plan | Cell, device_memory: int, limit: int = 2**16, target=None
+) -> int:
     """The largest batch shards * 2**k <= limit whose compiled step fits `device_memory`,
-    found by compiling only; the smallest such batch when none fits."""
-    unit = batch_shards(dataclasses.replace(cell, batch=1))
+    found by compiling only; the smallest such batch when none fits. `plan`'s batch is
+    ignored (a Cell is resolved with the smallest one)."""
+    if not isinstance(plan, Plan):
+        plan = plan_of(with_unit_batch(plan, always=True), target)
+    unit = batch_shards(plan.with_batch(1).cell)
     batch = unit
     while batch * 2 <= limit:
-        record = compile_only(dataclasses.replace(cell, batch=batch * 2), device_memory, target)
+        record = compile_only(plan.with_batch(batch * 2), device_memory, target)
         if not record.get("fits"):
             break
         batch *= 2

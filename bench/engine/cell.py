@@ -105,9 +105,10 @@ def filled(cell: Cell) -> Cell:
     return dataclasses.replace(cell, **fills) if fills else cell
 
 
-def with_unit_batch(cell: Cell) -> Cell:
-    """`cell`, with batch "auto" replaced by the smallest batch its strategy can split."""
-    if cell.batch != AUTO:
+def with_unit_batch(cell: Cell, always: bool = False) -> Cell:
+    """`cell`, with batch "auto" (any batch, if `always`) replaced by the smallest batch its
+    strategy can split."""
+    if cell.batch != AUTO and not always:
         return cell
     return dataclasses.replace(cell, batch=batch_shards(dataclasses.replace(cell, batch=1)))
 
@@ -116,12 +117,13 @@ def _positive_int(value) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and value > 0
 
 
-def validate(cell: Cell, devices=None) -> None:
+def validate(cell: Cell, devices=None, spec: archs.ArchSpec | None = None) -> None:
     """Raise archs.UserError, in one line naming the valid choices, if `cell` cannot be measured.
 
     `devices`: those the cell may use (a target topology's, archbench.engine.topology); None:
-    the devices JAX sees here."""
-    spec = archs.get(cell.arch)
+    the devices JAX sees here. `spec`: the family's registry spec, if the caller holds it
+    (archbench.engine.plan.resolve); None: looked up."""
+    spec = archs.get(cell.arch) if spec is None else spec
     size = spec.size(cell.size)
     spec.variant(cell.variant)  # an unknown one: UserError naming the family's variants
     if cell.mode not in MODES:
@@ -222,9 +224,10 @@ def batch_shards(cell: Cell) -> int:
     return math.prod(axes[a] for a in batch_axes(cell.sharding, axes))
 
 
-def input_spec(cell: Cell) -> InputSpec:
-    """The size's input spec with `cell.seq_len` applied (to source and target for seq2seq)."""
-    spec = archs.get(cell.arch).size(cell.size).input
+def input_spec(cell: Cell, spec: archs.ArchSpec | None = None) -> InputSpec:
+    """The size's input spec with `cell.seq_len` applied (to source and target for seq2seq);
+    `spec`: the family's registry spec if the caller holds it, else looked up."""
+    spec = (archs.get(cell.arch) if spec is None else spec).size(cell.size).input
     if cell.seq_len is None:
         return spec
     if spec.kind == "seq2seq":
@@ -244,18 +247,21 @@ DERIVED_KEYS = ("family", "params", "active_params", "task", "input", "tokens_pe
 IDENTITY_KEYS = ("cell_id", *NAMES, *DERIVED_KEYS)  # a record's first keys, in this order
 
 
-def cell_keys(cell: Cell) -> dict:
+def cell_keys(cell: Cell, spec=None, inputs: InputSpec | None = None, counts=None) -> dict:
     """The keys that describe `cell` in a result: its id, every field (None where it does not
     apply to the cell's mode; the mesh as resolved, "data=2,model=2"), and what the registry
     says of it (params None if the model cannot be
     built; active_params, those one token uses, differ from params for a Mixture of Experts
-    only)."""
-    spec = archs.get(cell.arch)
-    inputs = input_spec(cell)
-    try:
-        params, active_params = archs.param_counts(cell.arch, cell.size)
-    except Exception:  # a broken model still gets a result row, with status "error"
-        params = active_params = None
+    only). A resolved cell (archbench.engine.plan.Plan.keys) passes its `spec`, `inputs` and
+    `counts` (params, active_params); left out, they are looked up and counted here."""
+    spec = archs.get(cell.arch) if spec is None else spec
+    inputs = input_spec(cell, spec) if inputs is None else inputs
+    if counts is None:
+        try:
+            counts = archs.param_counts(cell.arch, cell.size)
+        except Exception:  # a broken model still gets a result row, with status "error"
+            counts = (None, None)
+    params, active_params = counts
     axes = mesh_axes(cell.sharding, cell.devices, cell.mesh)
     applies = {f.name: cell.mode in f.modes for f in FIELDS}
     return {

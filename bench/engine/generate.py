@@ -25,8 +25,10 @@ A generate cell (archbench.engine.cell.Cell with mode "generate", `prompt_len` P
 weights once together. The decode step's time and FLOPs also fill the generic step_time_s,
 tflops_per_s, flops_per_step and bytes_per_step keys; tokens_per_s is decode_tokens_per_s.
 
-pytest-benchmark drives the same pieces (archbench.matrix.session): `gen = prepare(cell)`,
-`gen.run_round()` once untimed, `benchmark.pedantic(gen.run_round, ...)`, `summarize(gen)`.
+pytest-benchmark drives the same pieces (archbench.engine.run.run_cell with the matrix's
+timer): `gen = prepare(plan)`, `gen.run_round()` once untimed,
+`benchmark.pedantic(gen.run_round, ...)`, `summarize(gen)`. The high-water mark, the timed
+lowering and compiling and the loop of rounds are measuring's (archbench.engine.timing).
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ import numpy as np
 
 from archbench import archs
 from archbench.engine import analysis
-from archbench.engine.cell import Cell, build, cell_keys, validate
+from archbench.engine.cell import Cell
 from archbench.engine.outcome import RESULT_KEYS, failure
 from archbench.engine.peaks import peak_bandwidth, peak_tflops
+from archbench.engine.plan import Plan, plan_of
+from archbench.engine.timing import high_water_mark, lower_and_compile, time_rounds
 
 MIN_ROUNDS = 3  # generations timed at least (each has G decode steps)
 MAX_ROUNDS = 50
@@ -87,7 +91,7 @@ def greedy_step(module, params, cache, token):
 class Generation:
     """A compiled generate cell: both programs, their arguments, facts and the times so far."""
 
-    cell: Cell
+    plan: Plan
     prefill: jax.stages.Compiled  # (params, cache, prompt) -> (first token, cache)
     decode: jax.stages.Compiled  # (params, cache, token) -> (next token, cache)
     params: dict
@@ -98,6 +102,10 @@ class Generation:
     prefill_times: list[float] = field(default_factory=list)
     step_times: list[float] = field(default_factory=list)
     tokens: jax.Array | None = None  # the last generation's tokens (B, 1 + G)
+
+    @property
+    def cell(self) -> Cell:
+        return self.plan.cell
 
     def run_round(self, record: bool = True) -> None:
         """One generation from an empty cache: the prefill, then G decode steps, each timed
@@ -121,22 +129,21 @@ class Generation:
 
 
 def _compile(fn, *args) -> tuple[jax.stages.Compiled, float, float]:
-    start = time.perf_counter()
-    lowered = jax.jit(fn, donate_argnums=1).lower(*args)
-    lowered_at = time.perf_counter()
-    compiled = lowered.compile()
-    return compiled, lowered_at - start, time.perf_counter() - lowered_at
+    _, compiled, lower_s, compile_s = lower_and_compile(jax.jit(fn, donate_argnums=1), *args)
+    return compiled, lower_s, compile_s
 
 
-def prepare(cell: Cell) -> Generation:
-    """Build, lower and compile the prefill and the decode step of `cell`; raises on failure."""
-    validate(cell)
+def prepare(plan: Plan | Cell) -> Generation:
+    """Build, lower and compile the prefill and the decode step of a resolved generate cell
+    (a Cell is resolved first); raises on failure."""
+    plan = plan_of(plan)
+    if plan.module is None:
+        raise plan.error
+    cell, module = plan.cell, plan.module
     jax.config.update("jax_enable_compilation_cache", False)
     device = jax.devices()[0]
-    peak_before = _high_water_mark(device)
-    spec = archs.get(cell.arch)
-    module = build(cell)
-    inputs = spec.size(cell.size).input
+    peak_before = high_water_mark([device])
+    inputs = plan.size.input
     key, prompt_key = jax.random.key(0, impl="rbg"), jax.random.key(1, impl="rbg")
     params = archs.init_variables(module, inputs, key)["params"]
     prompt = jax.jit(
@@ -167,12 +174,7 @@ def prepare(cell: Cell) -> Generation:
         "peak_before": peak_before,
     }
     del cache
-    return Generation(cell, prefill, decode, params, prompt, reset, device, facts)
-
-
-def _high_water_mark(device) -> int:
-    peak = analysis.device_peak_bytes([device])
-    return analysis.host_peak_rss_bytes() if peak is None else peak
+    return Generation(plan, prefill, decode, params, prompt, reset, device, facts)
 
 
 def _ratio(a, b):
@@ -193,7 +195,7 @@ def summarize(gen: Generation) -> dict:
     achieved = _ratio(accessed, median)
     device_peak = analysis.device_peak_bytes([gen.device])
     result = {
-        **cell_keys(cell),
+        **gen.plan.keys,
         "status": "ok",
         "error": None,
         "backend": gen.device.platform,
@@ -219,7 +221,7 @@ def summarize(gen: Generation) -> dict:
         "peak_bytes": device_peak,
         "host_peak_rss_bytes": analysis.host_peak_rss_bytes(),
         "peak_bytes_source": "device-memory-stats" if device_peak is not None else "host-rss",
-        "peak_bytes_set_by_cell": _high_water_mark(gen.device) > peak_before,
+        "peak_bytes_set_by_cell": high_water_mark([gen.device]) > peak_before,
         **facts,
         "prefill_s": float(np.median(gen.prefill_times)),
         "decode_token_s": median,
@@ -237,32 +239,26 @@ def summarize(gen: Generation) -> dict:
 def time_generations(gen: Generation, target_s: float = 2.0, rounds: int | None = None) -> None:
     """Exactly `rounds` generations, else generations until `target_s` has passed
     (MIN_ROUNDS to MAX_ROUNDS); their times go to `gen`."""
-    start = time.perf_counter()
-    while True:
-        gen.run_round()
-        done = len(gen.prefill_times)
-        if rounds is not None:
-            if done >= rounds:
-                return
-        elif done >= MAX_ROUNDS or (done >= MIN_ROUNDS and time.perf_counter() - start >= target_s):
-            return
+    time_rounds(gen, rounds=rounds, target_s=target_s, min_rounds=MIN_ROUNDS, max_rounds=MAX_ROUNDS)
 
 
-def measure_generate(cell: Cell, *, target_s: float = 2.0, rounds: int | None = None) -> dict:
+def measure_generate(
+    cell: Cell | Plan, *, target_s: float = 2.0, rounds: int | None = None
+) -> dict:
     """Measure a generate cell: prepare, one warm-up generation, timed generations, summarize.
 
     Invalid cells raise archs.UserError before anything runs; a model that fails to build,
     compile or run gives status "oom" or "error" with a one-line "error", never raises.
     """
-    validate(cell)
+    plan = plan_of(cell)
     gen = None
     try:
-        gen = prepare(cell)
+        gen = prepare(plan)
         gen.run_round(record=False)
         time_generations(gen, target_s, rounds)
         return summarize(gen)
     except Exception as exc:
-        return failure(cell, exc)
+        return failure(plan, exc)
     finally:
         gen = None
         gc.collect()

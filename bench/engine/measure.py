@@ -12,9 +12,11 @@ Measuring a cell (archbench.engine.cell.Cell):
      time rounds of steps, each ending in one `block_until_ready`;
   5. derive step time statistics, samples/s, tokens/s, achieved TFLOP/s and MFU.
 
-pytest-benchmark drives the same pieces: `prepared = prepare(cell)`, `prepared.calibrate()`,
+Each piece takes the resolved cell (archbench.engine.plan.Plan; a Cell is resolved first).
+pytest-benchmark drives the same pieces (archbench.engine.run.run_cell with a timer):
+`prepared = prepare(plan)`, `prepared.calibrate()`,
 `benchmark.pedantic(prepared.run_round, rounds=R, iterations=1)`, then
-`summarize(cell, prepared, round_times_s)`. `measure_cell` does all of it with its own loop.
+`summarize(plan, prepared, round_times_s)`. `measure_cell` does all of it with its own loop.
 
 Several devices and hosts: see archbench.engine.devices.
 """
@@ -36,7 +38,6 @@ from archbench.engine.cell import (
     MODES,
     Cell,
     batch_shards,
-    cell_keys,
     from_id,
     input_spec,
     validate,
@@ -44,7 +45,9 @@ from archbench.engine.cell import (
 from archbench.engine.devices import device_info, scaling_efficiency
 from archbench.engine.outcome import RESULT_KEYS, failure, is_oom
 from archbench.engine.peaks import peak_tflops
+from archbench.engine.plan import Plan, plan_of
 from archbench.engine.program import compile_cell
+from archbench.engine.timing import high_water_mark, time_rounds
 from archbench.train.steps import TrainState
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "MODES",
     "RESULT_KEYS",
     "Cell",
+    "Plan",
     "Prepared",
     "batch_shards",
     "device_info",
@@ -76,13 +80,17 @@ class Prepared:
     Train steps donate the state, so each step's new state is carried into the next.
     """
 
-    cell: Cell
+    plan: Plan
     compiled: jax.stages.Compiled
     state: TrainState
     inputs: Any  # the batch dict {"x", "y"} for train, its "x" for infer
     devices: list
     facts: dict  # lower_s, compile_s, FLOPs, bytes, memory analysis, sharding
     steps_per_round: int = 1
+
+    @property
+    def cell(self) -> Cell:
+        return self.plan.cell
 
     def step(self):
         """One step; returns its metrics (train) or logits (infer)."""
@@ -126,50 +134,19 @@ class Prepared:
         return self.steps_per_round
 
 
-def _high_water_mark(devices) -> int:
-    """The device peak where the backend keeps one, else the process's peak RSS."""
-    peak = analysis.device_peak_bytes(devices)
-    return analysis.host_peak_rss_bytes() if peak is None else peak
-
-
-def prepare(cell: Cell) -> Prepared:
-    """Build, place, lower and compile `cell` ahead of time; raises on any failure.
+def prepare(plan: Plan | Cell) -> Prepared:
+    """Build, place, lower and compile a resolved cell ahead of time; raises on any failure.
 
     Returns:
       The Prepared cell; its `facts` hold lower_s, compile_s, the cost and memory analyses.
     """
-    devices = jax.devices()[: cell.devices]
-    peak_before = _high_water_mark(devices)
-    compiled, args, facts = compile_cell(cell, devices)
+    plan = plan_of(plan)
+    devices = jax.devices()[: plan.cell.devices]
+    peak_before = high_water_mark(devices)
+    compiled, args, facts = compile_cell(plan, devices)
     return Prepared(
-        cell, compiled, args[0], args[1], devices, {**facts, "peak_before": peak_before}
+        plan, compiled, args[0], args[1], devices, {**facts, "peak_before": peak_before}
     )
-
-
-def time_rounds(
-    prepared: Prepared,
-    *,
-    rounds: int | None = None,
-    target_s: float = 2.0,
-    min_rounds: int = 5,
-    max_rounds: int = 50,
-) -> list[float]:
-    """Wall time of each round: exactly `rounds` of them, else rounds until `target_s` has
-    passed, at least `min_rounds` and at most `max_rounds`."""
-    times: list[float] = []
-    start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        prepared.run_round()
-        times.append(time.perf_counter() - t0)
-        if rounds is not None:
-            done = len(times) >= rounds
-        else:
-            done = len(times) >= max_rounds or (
-                len(times) >= min_rounds and time.perf_counter() - start >= target_s
-            )
-        if done:
-            return times
 
 
 def _finiteness(prepared: Prepared) -> dict:
@@ -185,7 +162,7 @@ def _finiteness(prepared: Prepared) -> dict:
     return {"status": "nonfinite", "error": f"{what} of a step are not finite (NaN or inf)"}
 
 
-def summarize(cell: Cell, prepared: Prepared, round_times_s: list[float]) -> dict:
+def summarize(plan: Plan | Cell, prepared: Prepared, round_times_s: list[float]) -> dict:
     """The result of a measured cell (RESULT_KEYS) from the wall times of its rounds.
 
     Step times are round times / steps_per_round; step_time_s is their median. FLOPs, bytes,
@@ -198,12 +175,15 @@ def summarize(cell: Cell, prepared: Prepared, round_times_s: list[float]) -> dic
     figures are per device; peak_bytes is the device's high-water mark since the process
     started (peak_bytes_set_by_cell says whether this cell raised it).
     """
+    if not isinstance(plan, Plan):  # a Cell: the one prepared holds, resolved already
+        plan = prepared.plan if prepared.plan.cell == plan else plan_of(plan)
+    cell = plan.cell
     step = np.asarray(round_times_s, dtype=np.float64) / prepared.steps_per_round
     median = float(np.median(step))
     q1, q3 = np.percentile(step, [25, 75])
     facts = dict(prepared.facts)
     peak_before = facts.pop("peak_before")
-    tokens = input_spec(cell).tokens_per_example
+    tokens = plan.inputs.tokens_per_example
     flops, model_flops = facts["flops_per_step"], facts["model_flops_per_step"]
     tflops_per_s = flops / median / 1e12 if flops is not None else None
     model_tflops_per_s = model_flops / median / 1e12 if model_flops is not None else None
@@ -214,7 +194,7 @@ def summarize(cell: Cell, prepared: Prepared, round_times_s: list[float]) -> dic
     device_peak = analysis.device_peak_bytes(prepared.devices)
     rss = analysis.host_peak_rss_bytes()
     result = {
-        **cell_keys(cell),
+        **plan.keys,
         **_finiteness(prepared),  # status "ok", or "nonfinite" and what was not
         "backend": device.platform,
         "device_kind": device.device_kind,
@@ -239,7 +219,7 @@ def summarize(cell: Cell, prepared: Prepared, round_times_s: list[float]) -> dic
         "peak_bytes": device_peak,
         "host_peak_rss_bytes": rss,
         "peak_bytes_source": "device-memory-stats" if device_peak is not None else "host-rss",
-        "peak_bytes_set_by_cell": _high_water_mark(prepared.devices) > peak_before,
+        "peak_bytes_set_by_cell": high_water_mark(prepared.devices) > peak_before,
         "device_memory_bytes": None,  # what --compile-only --device-memory checks a fit against
         "fits": None,
     }
@@ -247,17 +227,18 @@ def summarize(cell: Cell, prepared: Prepared, round_times_s: list[float]) -> dic
 
 
 def measure_cell(
-    cell: Cell,
+    cell: Cell | Plan,
     *,
     min_round_s: float = 0.05,
     rounds: int | None = None,
     target_s: float = 2.0,
     warmup: int = 2,
 ) -> dict:
-    """Measure `cell`: prepare, warm up and calibrate, time rounds, summarize.
+    """Measure a cell: prepare, warm up and calibrate, time rounds, summarize.
 
     Args:
-      cell: what to measure; invalid cells raise archs.UserError before anything runs.
+      cell: what to measure, a Cell (invalid ones raise archs.UserError before anything runs)
+        or a resolved one (archbench.engine.plan.Plan).
       min_round_s: a round of steps lasts at least this long.
       rounds: time exactly this many rounds; None times rounds for about `target_s` (5 to 50).
       target_s: wall time to spend in timed rounds when `rounds` is None.
@@ -266,14 +247,15 @@ def measure_cell(
       A flat JSON-serialisable dict with RESULT_KEYS. A model that fails (to build, compile or
       run) gives status "oom" or "error" with a one-line "error"; it never raises.
     """
-    validate(cell)
+    plan = plan_of(cell)
+    prepared = None
     try:
-        prepared = prepare(cell)
+        prepared = prepare(plan)
         prepared.calibrate(min_round_s, warmup)
         times = time_rounds(prepared, rounds=rounds, target_s=target_s)
-        return summarize(cell, prepared, times)
+        return summarize(plan, prepared, times)
     except Exception as exc:
-        return failure(cell, exc)
+        return failure(plan, exc)
     finally:
         prepared = None
         gc.collect()

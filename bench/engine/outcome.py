@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 
 from archbench.engine.cell import IDENTITY_KEYS, Cell, cell_keys
+from archbench.engine.plan import Plan
 from archbench.errors import Unsupported
 
 # Mode "generate" (archbench.engine.generate); None in the results of other modes.
@@ -56,11 +57,12 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def failure(cell: Cell, exc: BaseException) -> dict:
+def failure(plan: Plan | Cell, exc: BaseException) -> dict:
     """The result of a cell that did not run: status "unsupported" (its strategy or variant
-    has no form for this model on this backend), "oom" or "error", and a one-line message."""
+    has no form for this model on this backend), "oom" or "error", and a one-line message.
+    `plan`: the resolved cell (its keys at hand), or a Cell (they are looked up)."""
     result = dict.fromkeys(RESULT_KEYS)
-    result.update(cell_keys(cell))
+    result.update(plan.keys if isinstance(plan, Plan) else cell_keys(plan))
     result["status"] = (
         "unsupported" if isinstance(exc, Unsupported) else "oom" if is_oom(exc) else "error"
     )

@@ -9,23 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import jax
 import numpy as np
 import optax
 
 from archbench import archs
-from archbench.archs.registry import InputSpec
 from archbench.engine import analysis, sharding
-from archbench.engine.cell import (
-    Cell,
-    batch_shards,
-    build,
-    input_spec,
-    sequence_length,
-    validate,
-)
+from archbench.engine.cell import Cell, batch_shards, sequence_length
+from archbench.engine.plan import Plan, plan_of
+from archbench.engine.timing import lower_and_compile
 from archbench.train.steps import (
     create_train_state,
     jit_train_step,
@@ -38,9 +31,7 @@ LEARNING_RATE = 1e-3
 jit_predict = jax.jit(predict)
 
 
-def _state_and_batch(
-    cell: Cell, spec: archs.ArchSpec, module, inputs: InputSpec, devices, abstract: bool = False
-):
+def _state_and_batch(plan: Plan, devices, abstract: bool = False):
     """The train state and a batch, each created in place with the cell's sharding strategy.
 
     The state's shardings come from its shapes alone (jax.eval_shape), and `init` is jitted
@@ -53,6 +44,7 @@ def _state_and_batch(
     Raises:
       sharding.Unsupported if the strategy has no form for this model.
     """
+    cell, module, inputs = plan.cell, plan.module, plan.inputs
     tx = getattr(optax, cell.optimizer)(LEARNING_RATE) if cell.mode == "train" else optax.identity()
     placement = sharding.layout(cell.sharding, devices, cell.mesh)
 
@@ -61,7 +53,7 @@ def _state_and_batch(
         return state.replace(dropout_key=jax.random.key(2))
 
     def make_batch(key):
-        return synthetic_batch(inputs, spec.task, spec.num_outputs(cell.size), cell.batch, key)
+        return synthetic_batch(inputs, plan.spec.task, plan.num_outputs, cell.batch, key)
 
     key, batch_key = jax.random.key(0, impl="rbg"), jax.random.key(1, impl="rbg")
     shapes = jax.eval_shape(init, key)
@@ -107,14 +99,15 @@ def _abstract(tree):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
 
 
-def _cost_facts(cell: Cell, spec, module, inputs: InputSpec, step_fn, args, lowered, compiled):
+def _cost_facts(plan: Plan, step_fn, args, lowered, compiled):
     """FLOPs and bytes of one global step (all devices together). A module with an `unroll`
     field (the recurrent families pass it to lax.scan) is lowered again with unroll = sequence
     length, so every time step is counted; that lowering is analysed before XLA's fusion, so
     its bytes are an upper bound ("xla-unrolled-prefusion")."""
-    length = sequence_length(inputs)
+    cell, module = plan.cell, plan.module
+    length = sequence_length(plan.inputs)
     if "unroll" in {f.name for f in dataclasses.fields(module)} and length is not None:
-        unrolled = build(cell, unroll=length)
+        unrolled = plan.twin(unroll=length)
         state = args[0].replace(apply_fn=unrolled.apply)
         abstract = (_abstract(state), _abstract(args[1]))
         lowered_u = step_fn.lower(*abstract)
@@ -134,9 +127,9 @@ def _cost_facts(cell: Cell, spec, module, inputs: InputSpec, step_fn, args, lowe
         source, bytes_source = "xla", "xla"
         loops = analysis.loop_undercount(step_fn.trace(*args).jaxpr)
     model_flops = flops
-    if cell.remat not in (None, "none") or _other_implementation(cell, module):
+    if cell.remat not in (None, "none") or _other_implementation(plan):
         unroll = {"unroll": length} if source == "xla-unrolled" else {}
-        model_flops = _model_flops(cell, step_fn, args, unroll)
+        model_flops = _model_flops(plan, step_fn, args, unroll)
     return {
         "flops_per_step": flops,
         "model_flops_per_step": model_flops,
@@ -147,51 +140,52 @@ def _cost_facts(cell: Cell, spec, module, inputs: InputSpec, step_fn, args, lowe
     }
 
 
-def _other_implementation(cell: Cell, module) -> bool:
+def _other_implementation(plan: Plan) -> bool:
     """Whether the cell's implementation variant sets a field away from the family's default
     (a variant named for the default, such as Mamba's "scan", does not)."""
-    fields = archs.get(cell.arch).variant(cell.variant)
-    default = build(dataclasses.replace(cell, variant=None))
-    return any(getattr(default, k) != getattr(module, k) for k in fields)
+    if not plan.variant_fields:
+        return False
+    default = plan.twin(variant=None)
+    return any(getattr(default, k) != getattr(plan.module, k) for k in plan.variant_fields)
 
 
-def _model_flops(cell: Cell, step_fn, args, unroll: dict) -> float | None:
+def _model_flops(plan: Plan, step_fn, args, unroll: dict) -> float | None:
     """FLOPs of the same step without rematerialisation, the model's work, which MFU counts
     (PaLM, Chowdhery et al. 2022, app. B): lowered and compiled once more from shapes alone,
     as `_cost_facts` counts the cell itself, so both counts agree when nothing is recomputed.
     It is the family's default implementation too: a variant computes the same model, but
     XLA may count its work differently (im2col's matmul multiplies the padding's zeros, which
     XLA's count of a convolution leaves out)."""
-    remat = {} if cell.remat is None else {"remat": "none"}
-    plain = build(dataclasses.replace(cell, variant=None), **remat, **unroll)
+    remat = {} if plan.cell.remat is None else {"remat": "none"}
+    plain = plan.twin(variant=None, **remat, **unroll)
     state = args[0].replace(apply_fn=plain.apply)
     abstract = (_abstract(state), _abstract(args[1]))
     lowered = step_fn.lower(*abstract)
     if unroll:
         stage = lowered if lowered.cost_analysis() is not None else lowered.compile()
         return analysis.cost(stage)[0]
-    if cell.devices > 1:
+    if plan.cell.devices > 1:
         return analysis.unpartitioned_flops(lowered, step_fn, abstract)
     return analysis.cost(lowered.compile())[0]
 
 
-def compile_cell(cell: Cell, devices, abstract: bool = False):
-    """Lower and compile `cell`'s step on `devices`, timing both; raises on any failure.
+def compile_cell(plan: Plan | Cell, devices, abstract: bool = False):
+    """Lower and compile a resolved cell's step on `devices`, timing both; raises on any failure.
 
     Args:
-      cell: what to compile (validated here).
+      plan: what to compile (archbench.engine.plan.Plan; a Cell is resolved here).
       devices: the devices of its mesh.
       abstract: compile from jax.ShapeDtypeStructs alone, allocating nothing.
     Returns:
       (the compiled step, its arguments (state, batch or inputs), facts: lower_s, compile_s,
       the cost and memory analyses, the batch sharding and the collectives).
     """
-    validate(cell, devices if abstract else None)
+    plan = plan_of(plan, devices if abstract else None)
+    if plan.module is None:
+        raise plan.error
+    cell = plan.cell
     jax.config.update("jax_enable_compilation_cache", False)
-    spec = archs.get(cell.arch)
-    module = build(cell)
-    inputs = input_spec(cell)
-    state, batch = _state_and_batch(cell, spec, module, inputs, devices, abstract)
+    state, batch = _state_and_batch(plan, devices, abstract)
     if cell.mode == "train":
         step_fn, args = jit_train_step, (state, batch)
     else:
@@ -199,16 +193,12 @@ def compile_cell(cell: Cell, devices, abstract: bool = False):
     # A cached trace or executable of an earlier cell of the same shapes would make lower_s and
     # compile_s lie: evict this function's caches (not the process's, which other code uses).
     step_fn.clear_cache()
-    start = time.perf_counter()
-    lowered = step_fn.lower(*args)
-    lowered_at = time.perf_counter()
-    compiled = lowered.compile()
-    compiled_at = time.perf_counter()
+    lowered, compiled, lower_s, compile_s = lower_and_compile(step_fn, *args)
     facts = {
-        "lower_s": lowered_at - start,
-        "compile_s": compiled_at - lowered_at,
+        "lower_s": lower_s,
+        "compile_s": compile_s,
         "compile_cache": "disabled",
-        **_cost_facts(cell, spec, module, inputs, step_fn, args, lowered, compiled),
+        **_cost_facts(plan, step_fn, args, lowered, compiled),
         **analysis.compiled_memory(compiled),
         "batch_sharding": str(jax.tree.leaves(args[1])[0].sharding.spec),
         "batch_per_device": cell.batch // batch_shards(cell),

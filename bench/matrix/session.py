@@ -16,9 +16,6 @@ results file says which cells are done; only process 0 writes the file and print
 
 from __future__ import annotations
 
-import dataclasses
-import gc
-import math
 import os
 import sys
 import time
@@ -27,24 +24,16 @@ from datetime import UTC, datetime
 import pytest
 
 from archbench import units
-from archbench.engine import aot, autobatch, distributed, generate, measure, topology
-from archbench.engine.cell import Cell, with_unit_batch
-from archbench.engine.fields import AUTO
-from archbench.errors import Unsupported
+from archbench.engine import distributed, topology
+from archbench.engine.cell import Cell
+from archbench.engine.run import MAX_ROUNDS, MIN_ROUNDS, plan_rounds, run_cell  # noqa: F401
 from archbench.matrix import artifacts, interop, results
 
 DEFAULT_TARGET_S = 1.5
-MIN_ROUNDS = 5  # enough for a median and an interquartile range
-MAX_ROUNDS = 1000  # a cap only: calibrated rounds last >= 50 ms, so target_s decides
 WRITE_FAILED = 74  # pytest.main's status when the results file could not be written (EX_IOERR)
 
 
 # ---- one cell -------------------------------------------------------------------------------
-
-
-def plan_rounds(round_s: float, target_s: float) -> int:
-    """Rounds of about `round_s` each that fill about `target_s` (MIN_ROUNDS to MAX_ROUNDS)."""
-    return min(max(math.ceil(target_s / max(round_s, 1e-9)), MIN_ROUNDS), MAX_ROUNDS)
 
 
 def compile_request(
@@ -62,27 +51,15 @@ def compile_request(
     to compile for (archbench.engine.topology); None: this host's. `hlo_dir`: save the
     compiled step's HLO there (archbench.matrix.artifacts).
     """
-    cell = with_unit_batch(request)
-    if cell.mode == "generate":  # two programs and a cache: measured only, never compile-only
-        info = measure.failure(cell, Unsupported("--compile-only does not compile generate"))
-        benchmark.extra_info.update(info)
-        return info
-    if request.batch == AUTO and device_memory is not None:
-        batch = aot.largest_batch_that_fits(cell, device_memory, target=target)
-        cell = dataclasses.replace(cell, batch=batch)
-    hlo = {}
-    info = aot.compile_only(
-        cell,
-        device_memory,
-        target,
-        on_compiled=lambda c: hlo.update(hlo_file=artifacts.write_hlo(hlo_dir, cell.id, c)),
+    info = run_cell(
+        request,
+        compile_only=True,
+        device_memory=device_memory,
+        target=target,
+        on_compiled=_hlo_writer(hlo_dir),
     )
-    info.update(hlo)
-    if request.batch == AUTO:
-        info["batch_request"] = AUTO
     if topology is not None:
         info["target_topology"] = topology
-    gc.collect()
     benchmark.extra_info.update(info)
     return info
 
@@ -90,84 +67,67 @@ def compile_request(
 def measure_request(
     benchmark, request: Cell, target_s: float, profile_dir=None, hlo_dir=None
 ) -> dict:
-    """Measure one cell into the pytest-benchmark fixture `benchmark`.
+    """Measure one cell into the pytest-benchmark fixture `benchmark` (engine.run.run_cell).
 
     Resolves batch "auto" (autobatch.find_max_batch), prepares the cell (build, lower and
     compile ahead of time), warms up and calibrates steps_per_round (Prepared.calibrate),
     times one probe round, then runs
     `benchmark.pedantic(prepared.run_round, rounds=R, iterations=1, warmup_rounds=0)` with
     R rounds filling about `target_s`, and summarises the round times; pytest-benchmark's
-    stats are then made per step (interop.per_step_stats), as archbench reports. `hlo_dir`:
-    the compiled step's HLO is saved there; `profile_dir`: a few more steps are traced there,
-    after the summary (archbench.matrix.artifacts), so the profiler never touches a timing.
+    stats are then made per step (interop.per_step_stats), as archbench reports. A generate
+    cell: pytest-benchmark times whole generations (prefill and gen_len decode steps; its
+    stats are per generation), and the record comes from the generation's own timers.
+    `hlo_dir`: the compiled programs' HLO is saved there; `profile_dir`: a few more steps are
+    traced there, after the summary (archbench.matrix.artifacts), so the profiler never
+    touches a timing.
 
     Returns:
       The cell's metrics, also stored in `benchmark.extra_info`: measure.summarize's dict
       (status "ok"), or measure.failure's (status "oom" or "error" with a one-line "error").
       It never raises for a failing model; only KeyboardInterrupt and the like propagate.
     """
-    cell = with_unit_batch(request)
-    if cell.mode == "generate":
-        return _measure_generate(benchmark, cell, target_s, profile_dir, hlo_dir)
-    prepared, files = None, {}
-    try:
-        if request.batch == AUTO:
-            cell = dataclasses.replace(cell, batch=autobatch.find_max_batch(cell))
-        prepared = measure.prepare(cell)
-        files["hlo_file"] = artifacts.write_hlo(hlo_dir, cell.id, prepared.compiled)
-        # a warm-up round; rounds of >= 50 ms, process 0's round times deciding for all
-        prepared.calibrate(warmup=1, agree=distributed.agreed)
-        start = time.perf_counter()
-        prepared.run_round()  # the second warm-up round, timed to plan the rounds
-        rounds = plan_rounds(distributed.agreed(time.perf_counter() - start), target_s)
-        benchmark.pedantic(prepared.run_round, rounds=rounds, iterations=1, warmup_rounds=0)
+    profile = None
+    if profile_dir is not None:
+
+        def profile(cell, step, steps=artifacts.PROFILE_STEPS):
+            return artifacts.trace(profile_dir, cell.id, step, steps)
+
+    info = run_cell(
+        request,
+        target_s=target_s,
+        timer=_pedantic(benchmark),
+        agree=distributed.agreed,
+        on_compiled=_hlo_writer(hlo_dir),
+        profile=profile,
+    )
+    benchmark.extra_info.update(info)
+    return info
+
+
+def _pedantic(benchmark):
+    """run_cell's timer: pytest-benchmark's pedantic runs the rounds; their times, per step."""
+
+    def timer(run_round, rounds: int, steps_per_round: int | None):
+        benchmark.pedantic(run_round, rounds=rounds, iterations=1, warmup_rounds=0)
+        if steps_per_round is None:  # generations keep their own times
+            return None
         if benchmark.enabled:
             round_times = list(benchmark.stats.stats.data)
-            interop.per_step_stats(benchmark.stats, prepared.steps_per_round)
-        else:  # --benchmark-disable: pedantic ran one untimed round; time one more here
-            start = time.perf_counter()
-            prepared.run_round()
-            round_times = [time.perf_counter() - start]
-        info = measure.summarize(cell, prepared, round_times)
-        if profile_dir is not None:
-            files.update(artifacts.trace(profile_dir, cell.id, prepared.step))
-    except Exception as e:
-        info = measure.failure(cell, e)
-    finally:
-        prepared = None
-        gc.collect()  # free this cell's buffers before the next one compiles
-    info.update({k: v for k, v in files.items() if v is not None})
-    if request.batch == AUTO:
-        info["batch_request"] = AUTO
-    benchmark.extra_info.update(info)
-    return info
-
-
-def _measure_generate(benchmark, cell, target_s: float, profile_dir=None, hlo_dir=None) -> dict:
-    """A generate cell (archbench.engine.generate): pytest-benchmark times whole generations
-    (prefill and gen_len decode steps; its stats are per generation); the record is built
-    from the generation's own timers (time to first token, each decode step)."""
-    gen, files = None, {}
-    try:
-        gen = generate.prepare(cell)
-        files["hlo_file"] = artifacts.write_hlo(hlo_dir, cell.id, gen.decode, "decode")
-        files["prefill_hlo_file"] = artifacts.write_hlo(hlo_dir, cell.id, gen.prefill, "prefill")
+            interop.per_step_stats(benchmark.stats, steps_per_round)
+            return round_times
+        # --benchmark-disable: pedantic ran one untimed round; time one more here
         start = time.perf_counter()
-        gen.run_round(record=False)  # the warm-up generation, timed to plan the rounds
-        rounds = plan_rounds(distributed.agreed(time.perf_counter() - start), target_s)
-        rounds = min(max(rounds, generate.MIN_ROUNDS), generate.MAX_ROUNDS)
-        benchmark.pedantic(gen.run_round, rounds=rounds, iterations=1, warmup_rounds=0)
-        info = generate.summarize(gen)
-        if profile_dir is not None:  # one more generation, untimed and unrecorded
-            files.update(artifacts.trace(profile_dir, cell.id, lambda: gen.run_round(False), 1))
-    except Exception as e:
-        info = measure.failure(cell, e)
-    finally:
-        gen = None
-        gc.collect()
-    info.update({k: v for k, v in files.items() if v is not None})
-    benchmark.extra_info.update(info)
-    return info
+        run_round()
+        return [time.perf_counter() - start]
+
+    return timer
+
+
+def _hlo_writer(hlo_dir):
+    def write(cell, compiled, program):
+        return artifacts.write_hlo(hlo_dir, cell.id, compiled, program)
+
+    return write
 
 
 def benchmark_row(benchmark) -> dict:
