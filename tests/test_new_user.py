@@ -293,3 +293,16 @@ def test_a_model_that_outputs_nan_is_not_ok(tmp_path, capsys, monkeypatch):
     assert rows["train"]["status"] == "nonfinite" and "the loss" in rows["train"]["error"]
     assert rows["infer"]["status"] == "nonfinite" and "the outputs" in rows["infer"]["error"]
     assert "nonfinite" in capsys.readouterr().err
+
+
+def test_a_long_generation_says_how_far_it_has_got():
+    """Issue 23 item 6: a generate cell with a long --gen-len showed nothing for minutes; the
+    matrix now passes run_cell a progress callback (the bar's description on a terminal)."""
+    from archbench.engine.cell import Cell
+    from archbench.engine.run import run_cell
+
+    said = []
+    cell = Cell("mamba", "tiny", "generate", 1, prompt_len=2, gen_len=3)
+    record = run_cell(cell, target_s=0.01, progress=said.append)
+    assert record["status"] == "ok"
+    assert said and said[-1] == "decode 3/3 tokens"  # the last step of each generation is told

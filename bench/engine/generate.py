@@ -102,6 +102,7 @@ class Generation:
     prefill_times: list[float] = field(default_factory=list)
     step_times: list[float] = field(default_factory=list)
     tokens: jax.Array | None = None  # the last generation's tokens (B, 1 + G)
+    on_token: object = None  # on_token(done, gen_len) after each decode step (untimed), or None
 
     @property
     def cell(self) -> Cell:
@@ -122,6 +123,8 @@ class Generation:
             token.block_until_ready()
             steps.append(time.perf_counter() - start)
             out.append(token)
+            if self.on_token is not None:
+                self.on_token(len(steps), self.cell.gen_len)
         self.tokens = jnp.stack(out, axis=1)  # (B, 1 + G)
         if record:
             self.prefill_times.append(prefill_s)

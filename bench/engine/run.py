@@ -45,6 +45,7 @@ def run_cell(
     agree=None,
     on_compiled=None,
     profile=None,
+    progress=None,
 ) -> dict:
     """Measure (or compile only) one requested cell; its record (outcome.RESULT_KEYS).
 
@@ -62,6 +63,8 @@ def run_cell(
       on_compiled: `on_compiled(cell, compiled, program) -> path or None` as soon as each
         program is compiled; program is "" for the step, "decode" or "prefill" for generation.
       profile: `profile(cell, step, steps=None) -> dict` after the record is summarised.
+      progress: `progress(text)`, told how far a long generation has got (at most once a
+        second, between decode steps, outside their timed windows); None: nothing said.
     Returns:
       The record: status "ok" (or "compiled"), or "unsupported", "oom" or "error" with a
       one-line "error"; it never raises for a failing model.
@@ -76,7 +79,7 @@ def run_cell(
     if compile_only:
         record = _compile(plan, auto, device_memory, target, on_compiled)
     elif cell.mode == "generate":
-        record = _generate(plan, target_s, timer, agree or _same, on_compiled, profile)
+        record = _generate(plan, target_s, timer, agree or _same, on_compiled, profile, progress)
     else:
         record = _measure(plan, auto, target_s, timer, agree, on_compiled, profile)
     if auto:
@@ -133,12 +136,27 @@ def _measure(plan: Plan, auto: bool, target_s, timer, agree, on_compiled, profil
     return record
 
 
-def _generate(plan: Plan, target_s, timer, agree, on_compiled, profile) -> dict:
+def _every_second(progress):
+    """An on_token callback that passes "decode i/G" on to `progress` at most once a second."""
+    said = [time.perf_counter()]
+
+    def on_token(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - said[0] >= 1.0 or done == total:
+            said[0] = now
+            progress(f"decode {done:,}/{total:,} tokens")
+
+    return on_token
+
+
+def _generate(plan: Plan, target_s, timer, agree, on_compiled, profile, progress=None) -> dict:
     """Generations: the timer (pytest-benchmark's stats per generation) or the engine's loop
     runs them; the record comes from the generation's own timers."""
     gen, files = None, {}
     try:
         gen = generate.prepare(plan)
+        if progress is not None:
+            gen.on_token = _every_second(progress)
         if on_compiled is not None:
             files["hlo_file"] = on_compiled(plan.cell, gen.decode, "decode")
             files["prefill_hlo_file"] = on_compiled(plan.cell, gen.prefill, "prefill")

@@ -65,7 +65,7 @@ def compile_request(
 
 
 def measure_request(
-    benchmark, request: Cell, target_s: float, profile_dir=None, hlo_dir=None
+    benchmark, request: Cell, target_s: float, profile_dir=None, hlo_dir=None, progress=None
 ) -> dict:
     """Measure one cell into the pytest-benchmark fixture `benchmark` (engine.run.run_cell).
 
@@ -79,7 +79,7 @@ def measure_request(
     stats are per generation), and the record comes from the generation's own timers.
     `hlo_dir`: the compiled programs' HLO is saved there; `profile_dir`: a few more steps are
     traced there, after the summary (archbench.matrix.artifacts), so the profiler never
-    touches a timing.
+    touches a timing. `progress(text)`: how far a long generation has got.
 
     Returns:
       The cell's metrics, also stored in `benchmark.extra_info`: measure.summarize's dict
@@ -99,6 +99,7 @@ def measure_request(
         agree=distributed.agreed,
         on_compiled=_hlo_writer(hlo_dir),
         profile=profile,
+        progress=progress,
     )
     benchmark.extra_info.update(info)
     return info
@@ -331,6 +332,20 @@ class MatrixSession:
         )
         hook.pytest_benchmark_update_json(config=self.config, benchmarks=[], output_json=doc)
         return doc
+
+    def cell_progress(self, cell_id: str):
+        """A progress(text) for the cell in flight: the bar's description on a terminal, else
+        a line on the real stderr (pytest captures sys.stderr in a test) every 30 s."""
+        last = [time.perf_counter()]
+
+        def progress(text: str) -> None:
+            if self.bar is not None:
+                self.bar.set_description_str(f"{cell_id}: {text}")
+            elif self.progress and time.perf_counter() - last[0] >= 30:
+                last[0] = time.perf_counter()
+                print(f"archbench {cell_id}: {text}", file=sys.__stderr__, flush=True)
+
+        return progress
 
     def _say(self, text: str) -> None:
         if self.bar is not None:

@@ -33,6 +33,7 @@ def test_cell(cell, benchmark, matrix_session):
             matrix_session.target_s,
             profile_dir=matrix_session.profile_dir,
             hlo_dir=matrix_session.hlo_dir,
+            progress=matrix_session.cell_progress(cell.id),
         )
     matrix_session.record(benchmark, info)
     if info["status"] not in ("ok", "compiled"):
