@@ -39,9 +39,10 @@ $(LIBTPU)/.installed: constraints.txt
 tpu-compiler: $(STAMP) $(LIBTPU)/.installed
 
 # One pytest-xdist worker per core, each taking whole test files (a file's fixtures are built
-# once); plain `pytest` runs the same suite in one process.
+# once), the slowest files first (tests/conftest.py orders them; --no-loadscope-reorder keeps
+# that order); plain `pytest` runs the same suite in one process.
 test: $(STAMP) $(LIBTPU)/.installed
-	$(BIN)/pytest -n auto --dist loadfile
+	$(BIN)/pytest -n auto --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
