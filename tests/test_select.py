@@ -36,10 +36,10 @@ def test_generate_cells_take_the_default_lengths_where_they_fit():
 
 
 def test_the_api_fills_in_the_default_lengths(monkeypatch):
+    from archbench.engine import run
+
     seen = []
-    monkeypatch.setattr(
-        archbench._generate, "measure_generate", lambda cell, **kw: seen.append(cell) or {}
-    )
+    monkeypatch.setattr(run, "_generate", lambda plan, *args, **kw: seen.append(plan.cell) or {})
     archbench.measure("mamba", "tiny", mode="generate", batch=2)
     assert (seen[0].prompt_len, seen[0].gen_len) == (64, 32)
     assert cells_.filled(Cell("gpt", "tiny", "train")).prompt_len is None  # not for train
