@@ -1,0 +1,148 @@
+"""A Mixture of Experts' dispatch: N tokens, each routed to k of E SwiGLU experts, combined
+by their gates. Pure functions of the tokens, the routing and the stacked expert weights, so
+that every dispatch of `archs.moe.RoutedExperts` has the same parameters:
+
+- `dense`: every expert on every token, the outputs weighted by a gate that is zero for the
+  experts a token did not choose. E / k times the work; the simplest correct one, and the
+  numerical reference of the others.
+- `dropless`: the N k choices sorted by expert, each expert's run of rows padded to whole
+  blocks of `block` rows, and every block multiplied by its own expert's weights: a grouped
+  matmul written as a batched one over blocks (the block-sparse form of MegaBlocks, Gale et
+  al. 2023). No choice is ever dropped; the padding is less than one block per expert.
+- `ragged`: the same sorted rows through `jax.lax.ragged_dot`, XLA's grouped matmul. On CPU
+  XLA (jax 0.12) executes and counts it as every expert on every row, E times the work.
+- `capacity`: GShard / Switch dispatch into C slots per expert; a choice beyond its expert's
+  C slots is dropped (see `dispatch`).
+
+Gathers and scatters move the rows; they cost no FLOPs, so XLA's count of a dispatch is its
+matmuls: E N (dense), about k N plus the padding (dropless), E C (capacity).
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Weights = tuple[jax.Array, jax.Array, jax.Array]  # w1, w3 (E, D, F) and w2 (E, F, D)
+
+
+def capacity(tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
+    """Slots per expert: ceil(capacity_factor * k * tokens / E), at least 1, at most tokens."""
+    return max(1, min(tokens, math.ceil(capacity_factor * top_k * tokens / num_experts)))
+
+
+def _swiglu(mm, x: jax.Array, w: Weights, up: str, down: str) -> jax.Array:
+    """w2(silu(x w1) * x w3) with the einsum specs `up` (x by w1, w3) and `down` (by w2)."""
+    w1, w3, w2 = w
+    return mm(down, nn.silu(mm(up, x, w1)) * mm(up, x, w3), w2)
+
+
+# Every group of rows (a block, an expert's slots) times its own expert's weights.
+GROUPED = ("gcd,gdf->gcf", "gcf,gfd->gcd")
+
+
+def dense(tokens, experts, gates, w: Weights, mm) -> jax.Array:
+    """(N, D) -> (N, D): all E experts on all N tokens, combined by gates (zero if unchosen)."""
+    combine = jnp.einsum("nke,nk->ne", jax.nn.one_hot(experts, w[0].shape[0]), gates)  # (N, E)
+    out = _swiglu(mm, tokens, w, "nd,edf->enf", "enf,efd->end")  # (E, N, D)
+    return jnp.einsum("end,ne->nd", out, combine.astype(out.dtype))
+
+
+def sort_by_expert(experts: jax.Array, num_experts: int):
+    """The N k routing choices (token-major: choice j is token j // k's (j % k)-th) sorted by
+    expert. Returns order (N k,): the choice at each sorted row, the chosen expert of each
+    sorted row, and group sizes (E,) int32: rows per expert."""
+    flat = experts.reshape(-1)
+    order = jnp.argsort(flat, stable=True)
+    sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
+    return order, flat[order], sizes
+
+
+def _unsort(rows: jax.Array, order: jax.Array, gates: jax.Array) -> jax.Array:
+    """Sorted rows (N k, D) back to their choices, combined by the gates: (N, D)."""
+    n, k = gates.shape
+    back = jnp.zeros_like(order).at[order].set(jnp.arange(n * k, dtype=order.dtype))
+    return jnp.einsum("nkd,nk->nd", rows[back].reshape(n, k, -1), gates.astype(rows.dtype))
+
+
+def ragged(tokens, experts, gates, w: Weights, mm) -> jax.Array:
+    """(N, D) -> (N, D): the sorted rows through jax.lax.ragged_dot, one group per expert."""
+    del mm  # ragged_dot takes preferred_element_type itself
+    order, _, sizes = sort_by_expert(experts, w[0].shape[0])
+    x = tokens[order // experts.shape[1]]  # (N k, D)
+    w1, w3, w2 = w
+    dot = lambda a, b: jax.lax.ragged_dot(a, b, sizes, preferred_element_type=a.dtype)  # noqa: E731
+    rows = dot(nn.silu(dot(x, w1)) * dot(x, w3), w2)  # (N k, D)
+    return _unsort(rows, order, gates)
+
+
+def block_rows(choices: int, num_experts: int, block: int) -> int:
+    """Rows per block: `block`, or the balanced share ceil(N k / E) when that is smaller, so
+    that a decoding step's few tokens are not padded to whole large blocks."""
+    return max(1, min(block, math.ceil(choices / num_experts)))
+
+
+def dropless(tokens, experts, gates, w: Weights, mm, block: int = 128) -> jax.Array:
+    """(N, D) -> (N, D): sorted rows in blocks of b, every block times its expert's weights.
+
+    Each expert's g_e rows take ceil(g_e / b) whole blocks, so the blocks number at most
+    floor((N k + E (b - 1)) / b) whatever the routing (a static shape); the unused ones are
+    zero rows of expert E - 1, whose outputs are never read.
+    """
+    (n, k), e = experts.shape, w[0].shape[0]
+    b = block_rows(n * k, e, block)
+    num_blocks = (n * k + e * (b - 1)) // b
+    order, sorted_expert, sizes = sort_by_expert(experts, e)
+    blocks = (sizes + b - 1) // b  # (E,) blocks per expert
+    first_block = jnp.cumsum(blocks) - blocks  # (E,) each expert's first block
+    first_row = jnp.cumsum(sizes) - sizes  # (E,) each expert's first sorted row
+    rank = jnp.arange(n * k) - first_row[sorted_expert]  # (N k,) the row within its group
+    dest = first_block[sorted_expert] * b + rank  # (N k,) the padded row of each sorted row
+    token = jnp.full((num_blocks * b,), n, jnp.int32).at[dest].set((order // k).astype(jnp.int32))
+    padded = jnp.concatenate([tokens, jnp.zeros((1, tokens.shape[1]), tokens.dtype)])
+    x = padded[token].reshape(num_blocks, b, -1)  # (blocks, b, D); padding rows are zeros
+    owner = jnp.searchsorted(jnp.cumsum(blocks), jnp.arange(num_blocks), side="right")
+    owner = jnp.minimum(owner, e - 1)  # (blocks,) the expert of each block
+    block_w = tuple(a[owner] for a in w)  # (blocks, D, F), (blocks, D, F), (blocks, F, D)
+    out = _swiglu(mm, x, block_w, *GROUPED).reshape(num_blocks * b, -1)
+    return _unsort(out[dest], order, gates)
+
+
+def dispatch(experts: jax.Array, num_experts: int, slots: int) -> tuple[jax.Array, jax.Array]:
+    """Where each routing choice goes in the experts' (E * C) slots, and which token fills
+    each slot.
+
+    Choices are taken rank by rank (all first choices in token order, then the second ...),
+    so a token's first choice is kept before any token's second (GShard sec. 2.2).
+
+    Args:
+      experts: (N, k) chosen experts.
+    Returns:
+      slot (k, N): the flat slot e * C + position of each choice, or E * C if dropped;
+      token (E * C,): the token in each slot, or N for an empty slot.
+    """
+    n, k = experts.shape
+    flat = experts.T.reshape(-1)  # (k N,) rank-major
+    onehot = jax.nn.one_hot(flat, num_experts, dtype=jnp.int32)  # (k N, E)
+    position = jnp.sum((jnp.cumsum(onehot, axis=0) - 1) * onehot, axis=-1)  # (k N,)
+    slot = jnp.where(position < slots, flat * slots + position, num_experts * slots)
+    owner = jnp.tile(jnp.arange(n, dtype=jnp.int32), k)  # (k N,) the token of each choice
+    token = jnp.full((num_experts * slots,), n, jnp.int32).at[slot].set(owner, mode="drop")
+    return slot.reshape(k, n), token
+
+
+def by_capacity(tokens, experts, gates, w: Weights, mm, capacity_factor: float) -> jax.Array:
+    """(N, D) -> (N, D): C slots per expert filled by gathers, the E experts as one batched
+    (E, C, D) x (E, D, F) product, a dropped choice reading a zero row."""
+    (n, k), (e, width) = experts.shape, (w[0].shape[0], tokens.shape[1])
+    slots = capacity(n, e, k, capacity_factor)
+    slot, token = dispatch(experts, e, slots)  # (k, N), (E C,)
+    padded = jnp.concatenate([tokens, jnp.zeros((1, width), tokens.dtype)])  # (N + 1, D)
+    x = padded[token].reshape(e, slots, width)  # (E, C, D); empty slots are zeros
+    out = _swiglu(mm, x, w, *GROUPED).reshape(e * slots, width)  # (E C, D)
+    out = jnp.concatenate([out, jnp.zeros((1, width), out.dtype)])  # (E C + 1, D)
+    picked = out[slot]  # (k, N, D); a dropped choice reads the zero row
+    return jnp.einsum("knd,nk->nd", picked, gates.astype(out.dtype))
