@@ -25,6 +25,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 Weights = tuple[jax.Array, jax.Array, jax.Array]  # w1, w3 (E, D, F) and w2 (E, F, D)
 
@@ -79,21 +80,27 @@ def ragged(tokens, experts, gates, w: Weights, mm) -> jax.Array:
     return _unsort(rows, order, gates)
 
 
-def block_rows(choices: int, num_experts: int, block: int) -> int:
-    """Rows per block: `block`, or the balanced share ceil(N k / E) when that is smaller, so
-    that a decoding step's few tokens are not padded to whole large blocks."""
-    return max(1, min(block, math.ceil(choices / num_experts)))
+# Blocks per expert's balanced share: more blocks pad less, fewer gather fewer weights.
+SPLIT = 4
 
 
-def dropless(tokens, experts, gates, w: Weights, mm, block: int = 128) -> jax.Array:
+def block_rows(choices: int, num_experts: int) -> int:
+    """Rows per block: a quarter of the balanced share, ceil(N k / 4 E). The blocks then
+    number fewer than 5 E (see `dropless`), so their gathered weights stay within five copies
+    of the experts', and the padding adds at most a quarter of the N k rows."""
+    return max(1, math.ceil(choices / (SPLIT * num_experts)))
+
+
+def dropless(tokens, experts, gates, w: Weights, mm) -> jax.Array:
     """(N, D) -> (N, D): sorted rows in blocks of b, every block times its expert's weights.
 
     Each expert's g_e rows take ceil(g_e / b) whole blocks, so the blocks number at most
     floor((N k + E (b - 1)) / b) whatever the routing (a static shape); the unused ones are
-    zero rows of expert E - 1, whose outputs are never read.
+    zero rows of expert E - 1, whose outputs are never read. The weights gathered per block
+    are gathered again in the backward pass rather than kept.
     """
     (n, k), e = experts.shape, w[0].shape[0]
-    b = block_rows(n * k, e, block)
+    b = block_rows(n * k, e)
     num_blocks = (n * k + e * (b - 1)) // b
     order, sorted_expert, sizes = sort_by_expert(experts, e)
     blocks = (sizes + b - 1) // b  # (E,) blocks per expert
@@ -106,9 +113,21 @@ def dropless(tokens, experts, gates, w: Weights, mm, block: int = 128) -> jax.Ar
     x = padded[token].reshape(num_blocks, b, -1)  # (blocks, b, D); padding rows are zeros
     owner = jnp.searchsorted(jnp.cumsum(blocks), jnp.arange(num_blocks), side="right")
     owner = jnp.minimum(owner, e - 1)  # (blocks,) the expert of each block
-    block_w = tuple(a[owner] for a in w)  # (blocks, D, F), (blocks, D, F), (blocks, F, D)
-    out = _swiglu(mm, x, block_w, *GROUPED).reshape(num_blocks * b, -1)
+    out = _blocks(mm, x, w, owner).reshape(num_blocks * b, -1)  # (blocks b, D)
     return _unsort(out[dest], order, gates)
+
+
+def _blocks(mm, x, w: Weights, owner):
+    """SwiGLU of every block (G, b, D) by its own expert's weights, gathered (G, D, F)."""
+    gathered = tuple(checkpoint_name(a[owner], "expert_weights") for a in w)
+    return _swiglu(mm, x, gathered, *GROUPED)
+
+
+_blocks = jax.checkpoint(
+    _blocks,
+    static_argnums=(0,),
+    policy=jax.checkpoint_policies.save_anything_except_these_names("expert_weights"),
+)
 
 
 def dispatch(experts: jax.Array, num_experts: int, slots: int) -> tuple[jax.Array, jax.Array]:
