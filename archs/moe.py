@@ -6,25 +6,41 @@ are summed with the softmax of the k chosen logits as weights (Mixtral renormali
 selected k), and the residual carries the rest. Attention, norms, RoPE and whatever Llama
 gains later are shared with the `llama` family.
 
-Only the experts a token was routed to are computed, so that XLA's FLOPs count the work done
-(FLOPs per step then follow the active parameters, not the total). Dispatch is by capacity
-(Switch Transformer, Fedus et al. 2022 sec. 2.2; GShard, Lepikhin et al. 2021): each expert
-has C = ceil(capacity_factor * k * N / E) slots for the N tokens of a step (at most N);
-tokens fill them in order, every token's first choice before any second choice, and an
-assignment beyond an expert's C slots is dropped (that expert adds nothing to the token).
-The slots are filled and read back with gathers, which cost no FLOPs (a one-hot dispatch
-einsum would cost N * E * C * D multiply-adds each way, growing as N^2 since C grows with N,
-and more than the experts' 3 E C D F once N passes 3 F), and the E experts run as one
-batched (E, C, D) x (E, D, F) product. capacity_factor = E / k gives C = N: no token is ever
-dropped. jax.lax.ragged_dot would avoid the padding, but XLA's CPU cost analysis counts it
-as every expert on every row (checked on jax 0.12: ragged_dot of 64 x 32 rows by 4 experts
-of 32 x 48 reports 819,212 FLOPs, about 4 * 2 * 64 * 32 * 48, with groups of 16 rows each or
-of 2), so it would misstate the FLOPs this benchmark reports.
+How tokens reach their experts is the `dispatch` field, and each dispatch is an
+implementation variant of the same name (`--variant`; same parameters; archs/_experts.py):
+
+- "dropless", the default, as Mixtral's reference code, serving engines and MaxText's sparse
+  path: no routing choice is ever dropped, so a sequence's logits never depend on the other
+  sequences of its batch. The N k choices are sorted by expert and each expert's rows padded
+  to whole blocks; every block is multiplied by its own expert's weights (gathered per block,
+  gathered again in the backward pass rather than kept): a grouped matmul as one batched
+  product. The block size trades padding against weight gathers (`_experts.block_rows`:
+  128 rows for moe small's N k = 8192, one row for a single token's decoding step); XLA's
+  FLOPs are those of all the blocks, the padding included.
+- "ragged": the same sorted rows through `jax.lax.ragged_dot`, the grouped matmul XLA has for
+  GPUs and TPUs. On CPU XLA (jax 0.12) executes it as every expert on every row and counts it
+  so (ragged_dot of 64 x 32 rows by 4 experts of 32 x 48 reports 819,212 FLOPs, 4 * 2 * 64 *
+  32 * 48, whatever the groups); "dropless" was faster on this CPU (docs/performance.md).
+- "capacity": GShard / Switch dispatch (Lepikhin et al. 2021; Fedus et al. 2022 sec. 2.2),
+  the behaviour before issue 22: each expert has C = ceil(capacity_factor * k * N / E) slots
+  (at most N), tokens fill them in order, every token's first choice before any second
+  choice, and a choice beyond its expert's C slots is dropped (that expert adds nothing to
+  the token): a token's output then depends on its batch-mates. capacity_factor = E / k
+  gives C = N and drops nothing; at the default 1.25 a small batch drops many choices.
+- "dense": every expert on every token, each weighted by its gate, zero for the experts a
+  token did not choose: E / k times the experts' work, the simplest correct dispatch and the
+  numerical reference of the others (tests/test_moe_dispatch.py).
+
+Rows move by gathers, which cost no FLOPs (a one-hot dispatch einsum would cost N * E * C * D
+multiply-adds each way). So XLA's FLOPs, the record's executed `flops_per_step`, differ by
+dispatch; the model's work, `model_flops_per_step` (MFU), is counted on the twin
+`MODEL_FLOPS_TWIN` for every dispatch: capacity at factor 1.0, whose E * ceil(k N / E) slots
+are the k experts of every token.
 
 Training adds the load-balancing loss of Switch (eq. 4), sown into the "losses" collection
-(`train.steps.train_step` adds every sown loss to the cross-entropy). The capacity applies
-in every mode, so inference drops the same way; the router and its softmax run in float32
-(Switch's "selective precision", sec. 2.4) whatever the compute dtype.
+(`train.steps.train_step` adds every sown loss to the cross-entropy). The dispatch applies
+in every mode, decoding included (one token per sequence a step); the router and its
+softmax run in float32 (Switch's "selective precision", sec. 2.4) whatever the compute dtype.
 """
 
 from __future__ import annotations

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 
 from archbench import archs
+from archbench.archs._experts import block_rows, num_blocks
 from archbench.archs.moe import DISPATCHES
+from archbench.cli.main import main
 from archbench.engine import measure
 from archbench.engine.cell import Cell
+from tests.test_compare import make_row, write_results
 
 SPEC = archs.get("moe")
 
@@ -123,3 +126,31 @@ def test_model_flops_count_k_experts_per_token_whatever_the_dispatch(variant):
         assert facts["flops_per_step"] > 2 * facts["model_flops_per_step"]
     else:  # the dropless blocks' padding, or the capacity's spare slots
         assert facts["flops_per_step"] >= facts["model_flops_per_step"]
+
+
+def test_report_shows_executed_and_model_flops_of_each_dispatch(tmp_path):
+    model = 5.73e9
+    rows = [
+        make_row("moe", mode="infer", flops_per_step=6.43e9, model_flops_per_step=model),
+        make_row(
+            "moe", mode="infer", flops_per_step=15.5e9, model_flops_per_step=model, variant="dense"
+        ),
+        make_row("gpt", mode="infer", flops_per_step=1e9, model_flops_per_step=1e9),
+    ]
+    path = write_results(tmp_path / "moe.json", rows)
+    assert main(["report", path, "--md", str(tmp_path / "moe.md")]) == 0
+    lines = (tmp_path / "moe.md").read_text().splitlines()
+    moe = [line for line in lines if line.startswith("| moe/")]
+    assert len(moe) == 2 and "6.43 G (model 5.73 G)" in moe[0]
+    assert "dense" in moe[1] and "15.5 G (model 5.73 G)" in moe[1]
+    gpt = next(line for line in lines if line.startswith("| gpt/"))
+    assert "| 1 G |" in gpt  # the same count twice: shown once
+
+
+def test_dropless_blocks_hold_any_routing():
+    assert [block_rows(c, 8) for c in (2, 64, 8192)] == [1, 16, 128]  # decode 1, 32; small B 32
+    rng = np.random.default_rng(0)
+    for choices in (2, 7, 64, 1000, 8192):
+        b = block_rows(choices, 8)
+        for counts in (rng.multinomial(choices, [1 / 8] * 8), [choices] + [0] * 7):
+            assert sum(-(-g // b) for g in counts) <= num_blocks(choices, 8, b)
