@@ -6,46 +6,72 @@ are summed with the softmax of the k chosen logits as weights (Mixtral renormali
 selected k), and the residual carries the rest. Attention, norms, RoPE and whatever Llama
 gains later are shared with the `llama` family.
 
-Only the experts a token was routed to are computed, so that XLA's FLOPs count the work done
-(FLOPs per step then follow the active parameters, not the total). Dispatch is by capacity
-(Switch Transformer, Fedus et al. 2022 sec. 2.2; GShard, Lepikhin et al. 2021): each expert
-has C = ceil(capacity_factor * k * N / E) slots for the N tokens of a step (at most N);
-tokens fill them in order, every token's first choice before any second choice, and an
-assignment beyond an expert's C slots is dropped (that expert adds nothing to the token).
-The slots are filled and read back with gathers, which cost no FLOPs (a one-hot dispatch
-einsum would cost N * E * C * D multiply-adds each way, growing as N^2 since C grows with N,
-and more than the experts' 3 E C D F once N passes 3 F), and the E experts run as one
-batched (E, C, D) x (E, D, F) product. capacity_factor = E / k gives C = N: no token is ever
-dropped. jax.lax.ragged_dot would avoid the padding, but XLA's CPU cost analysis counts it
-as every expert on every row (checked on jax 0.12: ragged_dot of 64 x 32 rows by 4 experts
-of 32 x 48 reports 819,212 FLOPs, about 4 * 2 * 64 * 32 * 48, with groups of 16 rows each or
-of 2), so it would misstate the FLOPs this benchmark reports.
+How tokens reach their experts is the `dispatch` field, and each dispatch is an
+implementation variant of the same name (`--variant`; same parameters; archs/_experts.py):
+
+- "dropless", the default, as Mixtral's reference code, serving engines and MaxText's sparse
+  path: no routing choice is ever dropped, so a sequence's logits never depend on the other
+  sequences of its batch. The N k choices are sorted by expert and each expert's rows padded
+  to whole blocks; every block is multiplied by its own expert's weights (gathered per block,
+  gathered again in the backward pass rather than kept): a grouped matmul as one batched
+  product. The block size trades padding against weight gathers (`_experts.block_rows`:
+  128 rows for moe small's N k = 8192, one row for a single token's decoding step); XLA's
+  FLOPs are those of all the blocks, the padding included.
+- "ragged": the same sorted rows through `jax.lax.ragged_dot`, the grouped matmul XLA has for
+  GPUs and TPUs. On CPU XLA (jax 0.12) executes it as every expert on every row and counts it
+  so (ragged_dot of 64 x 32 rows by 4 experts of 32 x 48 reports 819,212 FLOPs, 4 * 2 * 64 *
+  32 * 48, whatever the groups); "dropless" was faster on this CPU (docs/performance.md).
+- "capacity": GShard / Switch dispatch (Lepikhin et al. 2021; Fedus et al. 2022 sec. 2.2),
+  the behaviour before issue 22: each expert has C = ceil(capacity_factor * k * N / E) slots
+  (at most N), tokens fill them in order, every token's first choice before any second
+  choice, and a choice beyond its expert's C slots is dropped (that expert adds nothing to
+  the token): a token's output then depends on its batch-mates. capacity_factor = E / k
+  gives C = N and drops nothing; at the default 1.25 a small batch drops many choices.
+- "dense": every expert on every token, each weighted by its gate, zero for the experts a
+  token did not choose: E / k times the experts' work, the simplest correct dispatch and the
+  numerical reference of the others (tests/test_moe_dispatch.py).
+
+Rows move by gathers, which cost no FLOPs (a one-hot dispatch einsum would cost N * E * C * D
+multiply-adds each way). So XLA's FLOPs, the record's executed `flops_per_step`, differ by
+dispatch; the model's work, `model_flops_per_step` (MFU), is counted on the twin
+`MODEL_FLOPS_TWIN` for every dispatch: capacity at factor 1.0, whose E * ceil(k N / E) slots
+are the k experts of every token.
 
 Training adds the load-balancing loss of Switch (eq. 4), sown into the "losses" collection
-(`train.steps.train_step` adds every sown loss to the cross-entropy). The capacity applies
-in every mode, so inference drops the same way; the router and its softmax run in float32
-(Switch's "selective precision", sec. 2.4) whatever the compute dtype.
+(`train.steps.train_step` adds every sown loss to the cross-entropy). The dispatch applies
+in every mode, decoding included (one token per sequence a step); the router and its
+softmax run in float32 (Switch's "selective precision", sec. 2.4) whatever the compute dtype.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archbench.archs import _logical
+from archbench.archs import _experts, _logical
 from archbench.archs._transformer import ATTENTION_VARIANTS
 from archbench.archs.llama import INIT, Initializer, Llama
 from archbench.archs.registry import ArchSpec, InputSpec, Size, count_params, register
 
-
-def capacity(tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
-    """Slots per expert: ceil(capacity_factor * k * tokens / E), at least 1, at most tokens."""
-    return max(1, min(tokens, math.ceil(capacity_factor * top_k * tokens / num_experts)))
+# How a block's tokens reach their experts (archs/_experts.py): each is also the implementation
+# variant of the same name (same parameters, same outputs; "capacity" only while no choice
+# overflows its expert's slots).
+DISPATCHES = {
+    "dropless": _experts.dropless,
+    "ragged": _experts.ragged,
+    "capacity": _experts.by_capacity,
+    "dense": _experts.dense,
+}
+DISPATCH_VARIANTS = {name: {"dispatch": name} for name in DISPATCHES}
+# The twin whose XLA FLOP count is the model's work (model_flops_per_step, which MFU counts):
+# every token's k experts and no more. C = ceil(k N / E) slots per expert hold exactly the
+# N k choices (the dispatch drops some, but the count is of slots); XLA counts the dropless
+# dispatch's block padding, and on CPU ragged_dot as every expert on every row.
+MODEL_FLOPS_TWIN = {"dispatch": "capacity", "capacity_factor": 1.0}
 
 
 def route(logits: jax.Array, top_k: int) -> tuple[jax.Array, jax.Array]:
@@ -79,31 +105,9 @@ def load_balance_loss(logits: jax.Array, experts: jax.Array) -> jax.Array:
     return num_experts * jnp.sum(fraction * prob)
 
 
-def dispatch(experts: jax.Array, num_experts: int, slots: int) -> tuple[jax.Array, jax.Array]:
-    """Where each routing choice goes in the experts' (E * C) slots, and which token fills
-    each slot.
-
-    Choices are taken rank by rank (all first choices in token order, then the second ...),
-    so a token's first choice is kept before any token's second (GShard sec. 2.2).
-
-    Args:
-      experts: (N, k) chosen experts.
-    Returns:
-      slot (k, N): the flat slot e * C + position of each choice, or E * C if dropped;
-      token (E * C,): the token in each slot, or N for an empty slot.
-    """
-    n, k = experts.shape
-    flat = experts.T.reshape(-1)  # (k N,) rank-major
-    onehot = jax.nn.one_hot(flat, num_experts, dtype=jnp.int32)  # (k N, E)
-    position = jnp.sum((jnp.cumsum(onehot, axis=0) - 1) * onehot, axis=-1)  # (k N,)
-    slot = jnp.where(position < slots, flat * slots + position, num_experts * slots)
-    owner = jnp.tile(jnp.arange(n, dtype=jnp.int32), k)  # (k N,) the token of each choice
-    token = jnp.full((num_experts * slots,), n, jnp.int32).at[slot].set(owner, mode="drop")
-    return slot.reshape(k, n), token
-
-
 class Experts(nn.Module):
-    """E SwiGLU experts with stacked weights, applied slot-wise: (E, C, D) -> (E, C, D)."""
+    """The E SwiGLU experts' stacked weights, in the compute dtype: w1, w3 (E, D, F) and w2
+    (E, F, D). Every dispatch multiplies by these same parameters."""
 
     num_experts: int
     hidden: int
@@ -112,19 +116,15 @@ class Experts(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        e, width, hidden = self.num_experts, x.shape[-1], self.hidden
+    def __call__(self, width: int) -> _experts.Weights:
+        e, hidden = self.num_experts, self.hidden
         # N(0, 0.02) like every Llama matrix (Hugging Face's MixtralConfig: initializer_range).
         up = _logical.named(self.kernel_init, "expert", "embed", "mlp")
         down = _logical.named(self.kernel_init, "expert", "mlp", "embed")
         w1 = self.param("w1", up, (e, width, hidden), self.param_dtype)
         w3 = self.param("w3", up, (e, width, hidden), self.param_dtype)
         w2 = self.param("w2", down, (e, hidden, width), self.param_dtype)
-        x = x.astype(self.dtype)
-        mm = functools.partial(jnp.einsum, preferred_element_type=self.dtype)
-        gate = nn.silu(mm("ecd,edf->ecf", x, w1.astype(self.dtype)))  # (E, C, F)
-        up = mm("ecd,edf->ecf", x, w3.astype(self.dtype))  # (E, C, F)
-        return mm("ecf,efd->ecd", gate * up, w2.astype(self.dtype))  # (E, C, D)
+        return tuple(w.astype(self.dtype) for w in (w1, w3, w2))
 
 
 class RoutedExperts(nn.Module):
@@ -137,7 +137,8 @@ class RoutedExperts(nn.Module):
     hidden: int  # F of every expert
     num_experts: int = 8
     top_k: int = 2
-    capacity_factor: float = 1.25  # slots per expert over the balanced share k * N / E
+    dispatch: str = "dropless"  # one of DISPATCHES: how tokens reach their experts
+    capacity_factor: float = 1.25  # dispatch "capacity": slots over the balanced share k N / E
     aux_loss_coef: float = 0.01  # weight of the load-balancing loss in the training loss
     kernel_init: Initializer = INIT
     dtype: jnp.dtype = jnp.float32
@@ -147,25 +148,25 @@ class RoutedExperts(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         shape, width = x.shape, x.shape[-1]
         tokens = x.reshape(-1, width)  # (N, D)
-        n, e = tokens.shape[0], self.num_experts
         # The router in float32 (Switch's "selective precision").
         # The router's (D, E) kernel names no expert axis: every device routes every token.
         logits = nn.Dense(
-            e, use_bias=False, **_logical.dense(("embed",), (None,), self.kernel_init),
+            self.num_experts, use_bias=False,
+            **_logical.dense(("embed",), (None,), self.kernel_init),
             dtype=jnp.float32, param_dtype=self.param_dtype, name="router",
         )(tokens)  # (N, E)  # fmt: skip
         experts, gates = route(logits, self.top_k)  # (N, k) each
         self.sow("losses", "load_balance", self.aux_loss_coef * load_balance_loss(logits, experts))
-        slots = capacity(n, e, self.top_k, self.capacity_factor)
-        slot, token = dispatch(experts, e, slots)  # (k, N), (E C,)
-        padded = jnp.concatenate([tokens, jnp.zeros((1, width), tokens.dtype)])  # (N + 1, D)
-        inputs = padded[token].reshape(e, slots, width)  # (E, C, D); empty slots are zeros
-        out = Experts(
-            e, self.hidden, self.kernel_init, self.dtype, self.param_dtype, name="experts"
-        )(inputs).reshape(e * slots, width)  # (E C, D)
-        out = jnp.concatenate([out, jnp.zeros((1, width), out.dtype)])  # (E C + 1, D)
-        picked = out[slot]  # (k, N, D); a dropped choice reads the zero row
-        y = jnp.einsum("knd,nk->nd", picked, gates.astype(out.dtype))  # (N, D)
+        w = Experts(
+            self.num_experts, self.hidden, self.kernel_init, self.dtype, self.param_dtype,
+            name="experts",
+        )(width)  # fmt: skip
+        mm = functools.partial(jnp.einsum, preferred_element_type=self.dtype)
+        args = (tokens.astype(self.dtype), experts, gates, w, mm)
+        if self.dispatch == "capacity":
+            y = _experts.by_capacity(*args, capacity_factor=self.capacity_factor)  # (N, D)
+        else:
+            y = DISPATCHES[self.dispatch](*args)  # (N, D)
         return y.reshape(shape).astype(self.dtype)  # (B, T, D)
 
 
@@ -177,6 +178,7 @@ class Routed:
 
     num_experts: int
     top_k: int
+    dispatch: str
     capacity_factor: float
     aux_loss_coef: float
 
@@ -192,15 +194,23 @@ class MoE(Llama):
 
     num_experts: int = 8
     top_k: int = 2
-    # Slots per expert over the balanced share k * N / E (Switch's Table 1 compares 1.0, 1.25
-    # and 2.0). Mixtral's released code drops no token: E / k reproduces that.
+    # How tokens reach their experts (DISPATCHES; the variants of the same name). Mixtral's
+    # released code drops no token, and neither does "dropless".
+    dispatch: str = "dropless"
+    # Dispatch "capacity" only: slots per expert over the balanced share k * N / E (Switch's
+    # Table 1 compares 1.0, 1.25 and 2.0); E / k gives every expert N slots, dropping none.
     capacity_factor: float = 1.25
     # Switch's alpha = 10^-2 (sec. 2.2). Hugging Face's MixtralConfig defaults to 10^-3 with
     # f_i per token, k times ours (see load_balance_loss): 2 * 10^-3 in this convention.
     aux_loss_coef: float = 0.01
 
     def __post_init__(self):
-        routing = (self.num_experts, self.top_k, self.capacity_factor, self.aux_loss_coef)
+        if self.dispatch not in DISPATCHES:
+            valid = ", ".join(DISPATCHES)
+            raise ValueError(f"unknown MoE dispatch {self.dispatch!r}; valid: {valid}")
+        routing = (
+            self.num_experts, self.top_k, self.dispatch, self.capacity_factor, self.aux_loss_coef
+        )  # fmt: skip
         object.__setattr__(self, "mlp", Routed(*routing))
         super().__post_init__()
 
@@ -262,6 +272,8 @@ register(
         module=MoE,
         task="lm",
         sizes=SIZES,
-        variants=ATTENTION_VARIANTS,  # Llama's attention, computed each way
+        # Llama's attention computed each way, and the experts' dispatches.
+        variants={**ATTENTION_VARIANTS, **DISPATCH_VARIANTS},
+        model_flops_fields=MODEL_FLOPS_TWIN,
     )
 )

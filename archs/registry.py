@@ -111,6 +111,11 @@ class ArchSpec:
     # Implementation variants of the same computation (same parameters, same outputs): a name
     # maps to the module fields it sets. The module's own defaults are the default variant.
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The module fields of the twin whose XLA FLOP count is the model's work (the engine's
+    # model_flops_per_step, which MFU counts), where the default implementation's count is
+    # not: a Mixture of Experts whose grouped matmul XLA counts with its padding, or as every
+    # expert on every row. Empty: the default implementation counts itself.
+    model_flops_fields: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.task not in TASKS:

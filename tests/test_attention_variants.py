@@ -17,6 +17,7 @@ import pytest
 
 from archbench import archs
 from archbench.archs._transformer import ATTENTION_IMPLS, attention, einsum_attention
+from archbench.archs.moe import DISPATCH_VARIANTS
 from archbench.cli.main import main
 from archbench.engine import generate
 from archbench.engine.cell import Cell, build
@@ -45,7 +46,8 @@ def test_every_transformer_family_declares_the_attention_variants():
     }
     assert attention_families >= set(TRANSFORMERS)
     for name in attention_families:
-        assert set(archs.get(name).variants) == set(ATTENTION_IMPLS), name
+        others = set(DISPATCH_VARIANTS) if name == "moe" else set()  # and its dispatches
+        assert set(archs.get(name).variants) == set(ATTENTION_IMPLS) | others, name
         assert build(Cell(name, "tiny", "infer", 2, "float32")).attention_impl is None
         einsum = Cell(name, "tiny", "infer", 2, "float32", variant="einsum")
         assert build(einsum).attention_impl == "einsum"

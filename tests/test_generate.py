@@ -26,7 +26,12 @@ MOE_PENDING = "moe" not in archs.names()  # the Mixture-of-Experts family, a Lla
 DECODERS = [
     "gpt",
     "llama",
-    pytest.param("moe", marks=pytest.mark.skipif(MOE_PENDING, reason="moe is not registered")),
+    *(
+        pytest.param(arch, marks=pytest.mark.skipif(MOE_PENDING, reason="moe is not registered"))
+        # the default dispatch, dropless, and the others: a prefill of 10 tokens and decoding
+        # steps of 2 route the same tokens to the same experts as the full pass of 18
+        for arch in ("moe", "moe:ragged", "moe:dense", "moe:capacity")
+    ),
     "mamba",
 ]
 
@@ -47,12 +52,13 @@ def _params(module, tokens, seed=1):
 @pytest.mark.parametrize("arch", DECODERS)
 def test_cached_decoding_matches_the_full_forward_pass(arch):
     """Prefill P tokens, decode G one at a time: every position's logits are the full pass's."""
+    arch, _, variant = arch.partition(":")
     config = archs.get(arch).size("tiny").config
-    overrides = {}
+    overrides = dict(archs.get(arch).variant(variant or None))
     if arch in ("llama", "moe"):
         assert config["num_kv_heads"] < config["num_heads"]  # grouped-query attention
-    if arch == "moe":  # as many slots as tokens: no token is dropped, whatever N tokens a call has
-        overrides["capacity_factor"] = config["num_experts"] / config["top_k"]
+    if variant == "capacity":  # as many slots as tokens, or a call's own batch-mates would
+        overrides["capacity_factor"] = config["num_experts"] / config["top_k"]  # change it
     module = archs.get(arch).build("tiny", **overrides)
     batch, prompt, gen = 2, 5, 4
     tokens = jax.random.randint(jax.random.key(3), (batch, prompt + gen), 0, config["vocab_size"])
@@ -81,13 +87,17 @@ def test_cached_decoding_matches_the_full_forward_pass(arch):
     assert float(jnp.abs(full[:, prompt:]).max()) > 1e-2  # not trivially zero
 
 
-def test_greedy_generation_is_the_argmax_of_full_passes():
+@pytest.mark.parametrize(
+    "arch", ["gpt", pytest.param("moe", marks=pytest.mark.skipif(MOE_PENDING, reason="no moe"))]
+)
+def test_greedy_generation_is_the_argmax_of_full_passes(arch):
     """The engine's generated tokens: at each step, the argmax of a full forward pass over the
-    prompt and the tokens generated so far (re-run token by token, without a cache)."""
-    cell = Cell("gpt", "tiny", "generate", 2, "float32", prompt_len=6, gen_len=5)
+    prompt and the tokens generated so far (re-run token by token, without a cache). For moe,
+    its default dispatch: dropless, so the full pass's extra tokens change no expert's work."""
+    cell = Cell(arch, "tiny", "generate", 2, "float32", prompt_len=6, gen_len=5)
     gen = generate.prepare(cell)
     gen.run_round(record=False)
-    module = archs.get("gpt").build("tiny")
+    module = archs.get(arch).build("tiny")
     full = jax.jit(lambda params, x: module.apply({"params": params}, x))  # (B, T, V)
     length = cell.prompt_len + cell.gen_len  # the longest sequence a token is predicted from
     seq = np.zeros((cell.batch, length), np.int32)  # causal: what follows a position is moot

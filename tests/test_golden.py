@@ -54,13 +54,8 @@ CASES = [
     Case("encoder", "encoder", dict(TRANSFORMER, mlp_dim=128, num_token_types=2, num_classes=5)),
     # Llama 3's shape: grouped-query attention and theta 500,000.
     Case("llama", "llama", dict(LLAMA, mlp_dim=96, rope_base=500_000.0)),
-    # until dropless lands: capacity_factor E / k = 2 gives every expert a slot for every
-    # token, so that no token is dropped, as in Mixtral.
-    Case(
-        "moe",
-        "moe",
-        dict(LLAMA, mlp_dim=64, rope_base=1e6, num_experts=4, top_k=2, capacity_factor=2.0),
-    ),
+    # The default dispatch, dropless: no token is dropped, as in Mixtral.
+    Case("moe", "moe", dict(LLAMA, mlp_dim=64, rope_base=1e6, num_experts=4, top_k=2)),
     Case("mamba", "mamba", dict(LM, scan="scan")),
     Case("mamba", "mamba", dict(LM, scan="assoc")),
     Case("vit", "vit", dict(IMAGE, width=32, num_heads=4, mlp_dim=128)),

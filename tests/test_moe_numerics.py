@@ -16,7 +16,8 @@ import optax
 import pytest
 
 from archbench import archs
-from archbench.archs.moe import RoutedExperts, capacity, route
+from archbench.archs._experts import capacity
+from archbench.archs.moe import DISPATCHES, RoutedExperts, route
 from archbench.cli.list_cmd import list_rows
 from archbench.cli.main import main
 from archbench.engine import analysis
@@ -82,17 +83,23 @@ def test_capacity_is_the_balanced_share_times_the_factor_within_one_and_n():
     assert capacity(12, 4, 2, 100.0) == 12 and capacity(3, 8, 1, 0.1) == 1
 
 
-@pytest.mark.parametrize("factor", [E / K, 0.5], ids=["dropless", "dropping"])
-def test_layer_and_aux_loss_match_a_token_loop(factor):
+DROPLESS = [d for d in DISPATCHES if d != "capacity"]  # dropless, ragged, dense
+CASES = [("capacity", E / K), ("capacity", 0.5)] + [(d, None) for d in DROPLESS]
+
+
+@pytest.mark.parametrize(("dispatch", "factor"), CASES, ids=["capacity-E/k", "drops", *DROPLESS])
+def test_layer_and_aux_loss_match_a_token_loop(dispatch, factor):
     x = np.random.default_rng(2).standard_normal((2, 6, D)).astype(np.float32)  # N = 12
-    layer = RoutedExperts(F, num_experts=E, top_k=K, capacity_factor=factor, aux_loss_coef=0.3)
+    fields = {"capacity_factor": factor} if factor else {}
+    layer = RoutedExperts(F, num_experts=E, top_k=K, dispatch=dispatch, aux_loss_coef=0.3, **fields)
     params = _params(layer, x)
     y, sown = jax.jit(lambda p, x: layer.apply({"params": p}, x, mutable=["losses"]))(params, x)
 
     p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     tokens = x.reshape(-1, D).astype(np.float64)
-    want, chosen, dropped = moe_reference(tokens, p64, K, capacity(12, E, K, factor))
-    assert (dropped > 0) == (factor < 1)  # the dropping case drops, the dropless one does not
+    slots = capacity(12, E, K, factor) if factor else 12  # a dropless dispatch: N slots
+    want, chosen, dropped = moe_reference(tokens, p64, K, slots)
+    assert (dropped > 0) == (factor == 0.5)  # the dropping case drops, the others do not
     np.testing.assert_allclose(np.asarray(y).reshape(-1, D), want, rtol=2e-4, atol=2e-5)
 
     # Switch eq. 4 by hand: f_i over the N k choices, P_i the mean softmax over all experts.
@@ -104,7 +111,7 @@ def test_layer_and_aux_loss_match_a_token_loop(factor):
 
 def test_flops_count_only_the_expert_slots_computed():
     n, d, f, e, k = 64, 32, 64, 8, 2
-    layer = RoutedExperts(f, num_experts=e, top_k=k)  # capacity_factor 1.25
+    layer = RoutedExperts(f, num_experts=e, top_k=k, dispatch="capacity")  # factor 1.25
     x = jnp.zeros((2, n // 2, d))
     params = nn.unbox(jax.eval_shape(layer.init, jax.random.key(0), x))["params"]
     counted, _ = analysis.cost(jax.jit(layer.apply).lower({"params": params}, x).compile())

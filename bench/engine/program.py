@@ -127,7 +127,11 @@ def _cost_facts(plan: Plan, step_fn, args, lowered, compiled):
         source, bytes_source = "xla", "xla"
         loops = analysis.loop_undercount(step_fn.trace(*args).jaxpr)
     model_flops = flops
-    if cell.remat not in (None, "none") or _other_implementation(plan):
+    if (
+        cell.remat not in (None, "none")
+        or plan.spec.model_flops_fields
+        or _other_implementation(plan)
+    ):
         unroll = {"unroll": length} if source == "xla-unrolled" else {}
         model_flops = _model_flops(plan, step_fn, args, unroll)
     return {
@@ -155,9 +159,11 @@ def _model_flops(plan: Plan, step_fn, args, unroll: dict) -> float | None:
     as `_cost_facts` counts the cell itself, so both counts agree when nothing is recomputed.
     It is the family's default implementation too: a variant computes the same model, but
     XLA may count its work differently (im2col's matmul multiplies the padding's zeros, which
-    XLA's count of a convolution leaves out)."""
+    XLA's count of a convolution leaves out), or the twin the family's spec names for counting
+    (`ArchSpec.model_flops_fields`: a Mixture of Experts with exactly k experts per token)."""
     remat = {} if plan.cell.remat is None else {"remat": "none"}
-    plain = plan.twin(variant=None, **remat, **unroll)
+    twin = plan.spec.model_flops_fields  # {} but where XLA's count misleads
+    plain = plan.twin(variant=None, **remat, **unroll, **twin)
     state = args[0].replace(apply_fn=plain.apply)
     abstract = (_abstract(state), _abstract(args[1]))
     lowered = step_fn.lower(*abstract)

@@ -193,6 +193,12 @@ def _tflops(r):
     return num(f"{r['tflops_per_s']:.3g}" if r.get("tflops_per_s") is not None else "")
 
 
+def _flops(r):  # executed (XLA's count), and the model's (MFU's) where they differ: remat, MoE
+    done, model = r.get("flops_per_step"), r.get("model_flops_per_step")
+    extra = f" (model {units.count(model)})" if model not in (None, done) else ""
+    return num(units.count(done) + extra, "executed FLOPs (XLA's count); model: MFU's")
+
+
 def _samples(r):
     tokens = r.get("tokens_per_s")
     return num(
@@ -212,7 +218,7 @@ METRICS = [
     ("samples/s", "samples_per_s", _samples),
     ("TFLOP/s", "tflops_per_s", _tflops),
     ("MFU", "mfu", lambda r: num(units.percent(r.get("mfu")), "model FLOPs utilisation")),
-    ("FLOPs/step", "flops_per_step", lambda r: num(units.count(r.get("flops_per_step")))),
+    ("FLOPs/step", "flops_per_step", _flops),
     (
         "compiled",
         "compiled_bytes",
