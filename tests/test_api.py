@@ -17,7 +17,7 @@ from archbench.matrix import results
 from archbench.matrix.results import FLAT_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
-MARK = "<!-- tests/test_api.py runs the next code block -->"
+MARK = "<!-- doc-test: run-by=tests/test_api.py -->"
 CELLS = {f"{a}-tiny-{m}-b8-float32-d1" for a in ("mlp", "lenet5") for m in ("train", "infer")}
 
 

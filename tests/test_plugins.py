@@ -241,7 +241,7 @@ def test_bad_plugin_is_one_line_exit_2_and_builtins_still_work(case, tmp_path, c
 def readme_file(name: str) -> str:
     """The code block README.md introduces as `name`."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    marker = f"<!-- tests/test_plugins.py loads this file as {name} -->\n```python\n"
+    marker = f"<!-- doc-test: file={name} -->\n```python\n"
     assert marker in readme, name
     return readme.split(marker, 1)[1].split("```", 1)[0]
 
