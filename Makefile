@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint clean tpu-compiler
+.PHONY: setup run test docs-test lint clean tpu-compiler
 
 setup: $(STAMP)
 
@@ -43,6 +43,11 @@ tpu-compiler: $(STAMP) $(LIBTPU)/.installed
 # that order); plain `pytest` runs the same suite in one process.
 test: $(STAMP) $(LIBTPU)/.installed
 	$(BIN)/pytest -n auto --dist loadfile --no-loadscope-reorder
+
+# Every shell and Python block of README.md and docs/*.md, run as written (at tiny sizes, as
+# each block's comment declares): minutes of compiling, so not part of `make test`.
+docs-test: $(STAMP)
+	$(BIN)/pytest tests/test_docs.py -m docs -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -225,6 +225,9 @@ def registry():
 STARTED: dict = {}  # doc -> its folder, once its first block has run
 
 
+# Running every block takes minutes of compiling (about 3 on two cores): `make docs-test` runs
+# them; the default run (`make test`, .ci/run) leaves them out to keep within its time.
+@pytest.mark.docs
 @pytest.mark.parametrize(("doc", "index"), BLOCKS)
 def test_doc_block(doc, index, world, registry, tmp_path_factory, monkeypatch):
     document = DOCUMENTS[doc]
