@@ -94,3 +94,17 @@ def lstm_infer():
 
     cell = Cell("lstm", "small", "infer", 16, "float32", seq_len=8)
     return cell, prepare(cell)
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch):
+    """Whatever a test registers or loads (archbench.register, --plugin) is gone afterwards."""
+    from archbench.archs import plugins, registry
+    from archbench.train import recipes
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(plugins, "_registry", registry._REGISTRY)
+    monkeypatch.setattr(plugins, "ORIGIN", dict(plugins.ORIGIN))
+    monkeypatch.setattr(plugins, "_loaded", dict(plugins._loaded))
+    monkeypatch.setattr(registry, "_FIRST_QUERY", [])
+    monkeypatch.setattr(recipes, "RECIPES", dict(recipes.RECIPES))

@@ -276,14 +276,8 @@ archbench.register("nany", Nany, input=archbench.InputSpec("image", (8, 8, 1)),
 """
 
 
-def test_a_model_that_outputs_nan_is_not_ok(tmp_path, capsys, monkeypatch):
+def test_a_model_that_outputs_nan_is_not_ok(tmp_path, capsys, isolated_registry):
     """Issue 23 item 4: `archbench run --plugin nan.py --arch nany --size tiny` recorded ok."""
-    from archbench.archs import plugins, registry
-
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(plugins, "_registry", registry._REGISTRY)
-    monkeypatch.setattr(plugins, "ORIGIN", dict(plugins.ORIGIN))
-    monkeypatch.setattr(plugins, "_loaded", dict(plugins._loaded))
     plugin = tmp_path / "nan.py"
     plugin.write_text(NAN_PLUGIN, encoding="utf-8")
     out = tmp_path / "r.json"

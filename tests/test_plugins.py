@@ -14,7 +14,6 @@ from archbench.archs import plugins, registry
 from archbench.cli.list_cmd import list_rows
 from archbench.cli.main import main
 from archbench.matrix import results
-from archbench.train import recipes
 
 LINEN = """
 import flax.linen as nn
@@ -45,14 +44,8 @@ RUN = ["--size", "tiny", "--batch", "4", "--target-s", "0.1"]
 
 
 @pytest.fixture(autouse=True)
-def own_registry(monkeypatch):
-    """Whatever a test registers or loads is gone afterwards."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(plugins, "_registry", registry._REGISTRY)
-    monkeypatch.setattr(plugins, "ORIGIN", dict(plugins.ORIGIN))
-    monkeypatch.setattr(plugins, "_loaded", dict(plugins._loaded))
-    monkeypatch.setattr(registry, "_FIRST_QUERY", [])
-    monkeypatch.setattr(recipes, "RECIPES", dict(recipes.RECIPES))
+def own_registry(isolated_registry):
+    """Whatever a test registers or loads is gone afterwards (tests/conftest.py)."""
 
 
 def write(path, body: str):
