@@ -194,7 +194,7 @@ def select(*, split: str | None = None, target=None, **filters: str | None) -> l
                 selected.append(cell)
     selected = list(dict.fromkeys(selected))
     if not selected and "generate" in asked["mode"]:  # other modes' cells run without it
-        _check_some_generate(selected, names, asked, filled)
+        _check_some_generate(names, asked, filled)
     for c in selected:  # anything measuring refuses, before anything runs
         cells_.validate(cells_.with_unit_batch(c), target)
     if shard is not None:
@@ -250,10 +250,8 @@ def _fits(cell: Cell, spec, filled: bool) -> bool:
     return not filled or max_len is None or cell.prompt_len + cell.gen_len <= max_len
 
 
-def _check_some_generate(selected: list[Cell], names: list[str], asked: dict, filled) -> None:
-    """--mode generate selected no generate cell: say why, in one line."""
-    if any(c.mode == "generate" for c in selected):
-        return
+def _check_some_generate(names: list[str], asked: dict, filled: bool) -> None:
+    """--mode generate, and nothing else, selected no cell: say why, in one line."""
     decoding = [n for n in names if can_decode(archs.get(n))]
     if not decoding:
         raise UserError(
