@@ -11,9 +11,9 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from archbench.cli.main import main
-from archbench.engine import measure
+from archbench.engine import hlo_cost, measure
 from archbench.engine.outcome import ARTIFACT_KEYS, RESULT_KEYS
-from archbench.matrix import artifacts, results
+from archbench.matrix import artifacts, op_roofline, results
 
 CELLS = ["mlp-tiny-train-b4-float32-d1", "mlp-tiny-infer-b4-float32-d1"]
 
@@ -99,6 +99,36 @@ def _hrefs(page: str) -> list[str]:
     return [part.split('"', 1)[0] for part in page.split('href="file://')[1:]]
 
 
+def test_each_cell_lists_its_operations_against_their_roofs(profiled):
+    """op_roofline.json beside each trace: the operations that lose the most time, every
+    one named in the compiled step, their times within the step's, their work the HLO's."""
+    _, _, out = profiled
+    for r in _records(out).values():
+        path = Path(r["op_roofline_file"])
+        assert path.parent == Path(r["profile_dir"]) and "op_roofline_error" not in r
+        found = json.loads(path.read_text())
+        ops, hlo = found["ops"], hlo_cost.operations(Path(r["hlo_file"]).read_text())
+        assert ops and len(ops) <= op_roofline.TOP and found["ops_timed"] >= len(ops)
+        assert [op["lost_s"] for op in ops] == sorted((op["lost_s"] for op in ops), reverse=True)
+        assert found["unmatched_time_s"] == 0 and all(op["name"] in hlo for op in ops)
+        # Times: per step, all of them within the step (the step under the profiler may be
+        # slower than the timed median: the program's own span in the trace bounds it too)
+        assert found["steps"] == artifacts.PROFILE_STEPS
+        within = max(r["step_time_s"], found["program_span_s"] or 0)
+        assert 0 < sum(op["time_s"] for op in ops) <= found["ops_time_s"] <= within
+        # Work: every matrix product of the program was timed, and each bound is its roof
+        assert found["product_flops"] == hlo_cost.product_flops(Path(r["hlo_file"]).read_text())
+        assert found["product_flops"] > 0
+        peak, bandwidth = found["peak_flops_per_s"], found["peak_bandwidth_bytes_per_s"]
+        assert peak == pytest.approx(r["peak_tflops"] * 1e12) and bandwidth > 0
+        for op in ops:
+            assert op["flops"] == hlo[op["name"]].flops * op["calls"]
+            roof = max(op["flops"] / peak, op["bytes"] / bandwidth)
+            assert op["bound_s"] == pytest.approx(roof)
+            assert op["lost_s"] == pytest.approx(op["time_s"] - roof)
+            assert op["share"] == pytest.approx(op["time_s"] / r["step_time_s"])
+
+
 def test_records_keep_their_keys_in_order(profiled):
     """The artifacts' keys are result keys like any other: in order, None when not asked."""
     _, _, out = profiled
@@ -119,6 +149,7 @@ def test_generate_cells_dump_prefill_and_decode_and_trace_a_generation(tmp_path)
     assert Path(r["prefill_hlo_file"]).name == f"{cell}.prefill.hlo.txt"
     assert Path(r["hlo_file"]).read_text() != Path(r["prefill_hlo_file"]).read_text()
     assert list(Path(r["profile_dir"]).glob("plugins/profile/*/*.xplane.pb"))
+    assert r["op_roofline_file"] is None  # two programs in one trace: not analysed
 
 
 def test_compile_only_dumps_hlo_and_refuses_profile(tmp_path, capsys):

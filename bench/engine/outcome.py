@@ -17,8 +17,11 @@ GENERATE_KEYS = (
 )
 # Files written beside the results on request (archbench.matrix.artifacts): the optimized HLO
 # of the step (of the decode step for generate, whose prefill has its own), a jax.profiler
-# trace directory and the Perfetto trace in it; None when not asked for.
-ARTIFACT_KEYS = ("hlo_file", "prefill_hlo_file", "profile_dir", "perfetto_trace")
+# trace directory and the Perfetto trace in it, and each operation of the traced step against
+# its roofline (archbench.matrix.op_roofline); None when not asked for.
+ARTIFACT_KEYS = (
+    *("hlo_file", "prefill_hlo_file", "profile_dir", "perfetto_trace", "op_roofline_file"),
+)
 # Every result has exactly these keys, in this order; a failed cell has None for what it lacks.
 # A key that is also a cell field (the optimizer, once it is one) stands once, among the fields.
 RESULT_KEYS = tuple(dict.fromkeys((

@@ -27,7 +27,8 @@ from archbench import units
 from archbench.engine import distributed, topology
 from archbench.engine.cell import Cell
 from archbench.engine.run import MAX_ROUNDS, MIN_ROUNDS, plan_rounds, run_cell  # noqa: F401
-from archbench.matrix import artifacts, interop, results
+from archbench.matrix import artifacts, interop, op_roofline, results
+from archbench.matrix.artifacts import PROFILE_STEPS
 
 DEFAULT_TARGET_S = 1.5
 WRITE_FAILED = 74  # pytest.main's status when the results file could not be written (EX_IOERR)
@@ -86,21 +87,31 @@ def measure_request(
       (status "ok"), or measure.failure's (status "oom" or "error" with a one-line "error").
       It never raises for a failing model; only KeyboardInterrupt and the like propagate.
     """
-    profile = None
+    profile, on_compiled, programs = None, _hlo_writer(hlo_dir), {}
     if profile_dir is not None:
 
         def profile(cell, step, steps=artifacts.PROFILE_STEPS):
             return artifacts.trace(profile_dir, cell.id, step, steps)
+
+        def on_compiled(cell, compiled, program):  # the step's HLO, for op_roofline
+            programs[program] = compiled.as_text() or ""
+            return artifacts.write_hlo(hlo_dir, cell.id, compiled, program)
 
     info = run_cell(
         request,
         target_s=target_s,
         timer=_pedantic(benchmark),
         agree=distributed.agreed,
-        on_compiled=_hlo_writer(hlo_dir),
+        on_compiled=on_compiled,
         profile=profile,
         progress=progress,
     )
+    if info.get("perfetto_trace") and info.get("mode") != "generate" and "" in programs:
+        info.update(
+            op_roofline.write(
+                info["profile_dir"], programs[""], info["perfetto_trace"], info, PROFILE_STEPS
+            )
+        )
     benchmark.extra_info.update(info)
     return info
 
@@ -294,6 +305,8 @@ class MatrixSession:
             self.notes.append(f"{info.get('cell_id')}: {status}: {info.get('error')}")
         if info.get("profile_error"):  # the timings stand; only the trace is missing
             self.notes.append(f"{info.get('cell_id')}: no profile: {info['profile_error']}")
+        if info.get("op_roofline_error"):  # the trace stands; only its per-op list is missing
+            self.notes.append(f"{info.get('cell_id')}: no op roofline: {info['op_roofline_error']}")
         if self.out:
             try:
                 self.write()
