@@ -1,10 +1,11 @@
 """Which trace events time a program's operations (archbench.matrix.op_roofline), on the
-layouts a CPU and an accelerator write.
+layouts a CPU and an accelerator write, and the report section when there is nothing to show.
 The profiled cells themselves are tested in test_profile.py (one shared profiled run)."""
 
 from pytest import approx
 
 from archbench.matrix import op_roofline
+from archbench.report import operations
 
 HLO = """HloModule jit_step, is_scheduled=true
 
@@ -71,3 +72,10 @@ def test_a_cpu_counts_the_first_device_ordinal_and_each_run_once():
     dot = next(op for op in found["ops"] if op["name"] == "dot_fusion")
     assert dot["flops"] == 2 * 8 * 2 * 4 and dot["kind"] == "dot fusion"
     assert dot["bytes"] == 4 * (8 * 4 + 4 * 2 + 8 * 2) and dot["time_s"] == approx(5e-6)
+
+
+def test_no_profile_no_section_and_a_lost_file_is_a_line(tmp_path):
+    assert operations.operations_section([{"cell_id": "a", "op_roofline_file": None}]) is None
+    gone = str(tmp_path / "op_roofline.json")
+    section = operations.operations_section([{"cell_id": "a", "op_roofline_file": gone}])
+    assert any("gone or unreadable" in b for b in section.blocks if isinstance(b, str))

@@ -93,6 +93,11 @@ def test_the_report_links_each_trace_and_hlo_file(profiled, tmp_path):
             assert Path(r[key]).exists()
     assert "## Profiles" in md_out.read_text()
     assert (traces / CELLS[0]).as_uri() in md_out.read_text()  # percent-encoded: space, é
+    below = page.split('<section id="operations">')[1].split("</section>")[0]
+    for r in _records(out).values():  # each cell's operations, the most time lost first
+        top = json.loads(Path(r["op_roofline_file"]).read_text())["ops"][0]
+        assert r["cell_id"] in below and f"<td>{top['name']}</td>" in below
+    assert "## Operations furthest below their roof" in md_out.read_text()
 
 
 def _hrefs(page: str) -> list[str]:

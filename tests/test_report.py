@@ -60,6 +60,7 @@ def test_html_and_markdown_report(tmp_path, capsys):
     html = html_path.read_text()
     for anchor in ("runs", "speedup", "main", "plots", "training", "env", "failed", "all"):
         assert f'<section id="{anchor}">' in html, anchor
+    assert '<section id="operations">' not in html  # nothing profiled, nothing said
     assert "<script" not in html and "<link" not in html  # self-contained
     assert not re.search(r'(src|href)="(https?:)?//', html)
     assert (

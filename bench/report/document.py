@@ -202,6 +202,7 @@ def plot_figures(rows: list[dict], labels: list[str]) -> list:
 def build_sections(runs: list[Run], training_dirs=()) -> list:
     """Everything the report shows, in order, whatever the output format."""
     from archbench.report import axes, curves, generation, profiles, remat, strategies, tables
+    from archbench.report.operations import operations_section
     from archbench.report.render import Details, Section
 
     rows = [r for run in runs for r in run.rows]
@@ -265,6 +266,9 @@ def build_sections(runs: list[Run], training_dirs=()) -> list:
     profiled = profiles.profile_section(rows)  # --profile traces and --dump-hlo files
     if profiled is not None:
         sections.append(profiled)
+    below_roof = operations_section(rows)  # --profile: each op against its roof
+    if below_roof is not None:
+        sections.append(below_roof)
     sections.append(Section("Environment", "env", [tables.environment_table(runs)]))
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
