@@ -116,7 +116,7 @@ def _containers_with_timed_bodies(ops: dict, timed: dict) -> set[str]:
     return {n for n, comps in inside.items() if comps & timed_comps}
 
 
-def _row(op: hlo_cost.Op, time_s: float, peak_flops, bandwidth, step_time_s) -> dict:
+def _row(op: hlo_cost.Op, time_s: float, peak_flops, bandwidth, step_s) -> dict:
     flops, nbytes = op.flops * op.calls, op.bytes * op.calls
     compute_s = flops / peak_flops if peak_flops else 0.0
     memory_s = nbytes / bandwidth if bandwidth else 0.0
@@ -126,7 +126,7 @@ def _row(op: hlo_cost.Op, time_s: float, peak_flops, bandwidth, step_time_s) -> 
         "kind": op.kind,
         "calls": op.calls,
         "time_s": time_s,
-        "share": time_s / step_time_s if step_time_s else None,
+        "share": time_s / step_s if step_s else None,
         "flops": flops,
         "bytes": nbytes,
         "flops_per_s": flops / time_s if time_s > 0 else None,
@@ -145,6 +145,10 @@ def analyse(
     """Every timed operation of the program against its roof; the `top` that lose the most
     time per step, and totals. Times, FLOPs and bytes are per step (one device's share).
 
+    An operation's share is of the step in the same trace (its program's first operation to
+    its last, per run), else of `step_time_s` (the record's, timed without the profiler:
+    on a loaded machine the traced steps may run slower or faster than those).
+
     Raises:
       ValueError when the trace has no operation of the program.
     """
@@ -159,7 +163,9 @@ def analyse(
     timed = {n: t for n, t in time.items() if n in ops}
     for name in _containers_with_timed_bodies(ops, timed):
         timed.pop(name, None)
-    rows = [_row(ops[n], t, peak_flops, bandwidth, step_time_s) for n, t in timed.items()]
+    span = _span_per_run(events)
+    traced_step = span or step_time_s  # the step in the same trace, where it says which
+    rows = [_row(ops[n], t, peak_flops, bandwidth, traced_step) for n, t in timed.items()]
     rows.sort(key=lambda r: r["lost_s"], reverse=True)
     ops_time = sum(timed.values())
     return {
@@ -168,7 +174,7 @@ def analyse(
         "step_time_s": step_time_s,
         "ops_time_s": ops_time,
         "ops_share": ops_time / step_time_s if step_time_s else None,
-        "program_span_s": _span_per_run(events),
+        "program_span_s": span,
         "unmatched_time_s": sum(t for n, t in time.items() if n not in ops),
         "ops_timed": len(rows),
         "lost_s": sum(max(r["lost_s"], 0.0) for r in rows),
@@ -177,6 +183,12 @@ def analyse(
         "peak_bandwidth_bytes_per_s": bandwidth,
         "ops": rows[:top],
     }
+
+
+def _per_device(flops, devices):
+    """XLA's FLOPs of the whole step (the record's) as one device's share, to set beside the
+    operations' (all of them, elementwise ones included, where products are all we count)."""
+    return flops / devices if flops and devices else flops
 
 
 def write(
@@ -211,6 +223,7 @@ def write(
             "peak_source": record.get("peak_source"),
             "bandwidth_source": bandwidth_source,
             **found,
+            "xla_flops": _per_device(record.get("flops_per_step"), record.get("devices")),
         }
         path = Path(profile_dir).absolute() / FILE_NAME
         results.write_atomic(path, json.dumps(found, indent=1) + "\n")

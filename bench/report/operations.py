@@ -25,7 +25,8 @@ NOTE = (
     "timed in the cell's profiler trace and set against its own roofline: bound = the larger "
     "of its FLOPs over the device's peak FLOP/s and its bytes over the peak memory bandwidth, "
     "the least time it could take; efficiency = bound / time; time lost = time - bound, the "
-    "order of the list. Times, FLOPs and bytes are per step on one device. FLOPs are matrix "
+    "order of the list. Times, FLOPs and bytes are per step on one device; a share is of the "
+    "step in the same trace. FLOPs are matrix "
     "products only (dots, convolutions); bytes are each operation's operands and result "
     "(archbench.engine.hlo_cost says what is counted). On a CPU the peaks are measured (a "
     "matmul, a copy), and operations whose data stay in cache can beat the copy's bandwidth."
@@ -73,16 +74,22 @@ def operations_table(found: dict, shown: int = SHOWN) -> Table:
 
 
 def summary(label: str, found: dict) -> str:
-    """One line: how much of the step the operations cover, and where the rest went."""
-    parts = [f"{label}: {found.get('ops_timed', 0)} operations timed over "]
-    parts.append(f"{found.get('steps')} steps; together {units.seconds(found.get('ops_time_s'))}")
-    step = found.get("step_time_s")
-    if step:
-        parts.append(f" of the {units.seconds(step)} step ({units.percent(found['ops_share'])})")
+    """One line: what the operations add up to against the step, and their FLOPs."""
+    ops_time = units.seconds(found.get("ops_time_s"))
+    parts = [f"{label}: {found.get('ops_timed', 0)} operations timed over {found.get('steps')}"]
+    parts.append(f" steps, {ops_time} a step together")
     if found.get("program_span_s"):
-        parts.append(f", the program's first to last {units.seconds(found['program_span_s'])}")
+        span = units.seconds(found["program_span_s"])
+        parts.append(f", in a program that ran {span} from its first to its last")
+    if found.get("step_time_s"):
+        parts.append(
+            f" (the step timed without the profiler: {units.seconds(found['step_time_s'])})"
+        )
+    if found.get("xla_flops"):
+        share = units.percent(found["product_flops"] / found["xla_flops"])
+        parts.append(f"; their matrix products are {share} of XLA's FLOPs for the step")
     lost = units.seconds(found.get("lost_s"))
-    return "".join(parts) + f"; {lost} below their roofs in all."
+    return "".join(parts) + f"; {lost} a step below their roofs in all."
 
 
 def operations_section(rows: list[dict]):
