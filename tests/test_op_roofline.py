@@ -74,6 +74,15 @@ def test_a_cpu_counts_the_first_device_ordinal_and_each_run_once():
     assert dot["bytes"] == 4 * (8 * 4 + 4 * 2 + 8 * 2) and dot["time_s"] == approx(5e-6)
 
 
+def test_a_trace_that_cannot_be_read_is_one_line_and_no_file(tmp_path):
+    (tmp_path / "bad.json.gz").write_bytes(b"not gzip")
+    record = {"cell_id": "c", "step_time_s": 1e-3, "peak_tflops": 1.0}
+    for trace in (tmp_path / "gone.json.gz", tmp_path / "bad.json.gz"):
+        found = op_roofline.write(tmp_path, HLO, trace, record, 3)
+        assert list(found) == ["op_roofline_error"] and "\n" not in found["op_roofline_error"]
+    assert not (tmp_path / op_roofline.FILE_NAME).exists()
+
+
 def test_no_profile_no_section_and_a_lost_file_is_a_line(tmp_path):
     assert operations.operations_section([{"cell_id": "a", "op_roofline_file": None}]) is None
     gone = str(tmp_path / "op_roofline.json")

@@ -28,7 +28,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from archbench.engine import hlo_cost
+import jax
+
+from archbench.engine import hlo_cost, peaks
 from archbench.matrix import results
 
 TOP = 20
@@ -200,17 +202,13 @@ def write(
       {"op_roofline_file": its absolute path}, or {"op_roofline_error": one line} when the
       trace or the program cannot be read: the cell's timings and trace stand.
     """
-    import jax
-
-    from archbench.engine import peaks
-
     try:
-        device = jax.local_devices()[0]
-        bandwidth, bandwidth_source, _ = peaks.peak_bandwidth(device)
+        trace = load_trace(trace_path)  # first: a bad trace costs no bandwidth measurement
+        bandwidth, bandwidth_source, _ = peaks.peak_bandwidth(jax.local_devices()[0])
         peak = record.get("peak_tflops")
         found = analyse(
             hlo_text,
-            load_trace(trace_path),
+            trace,
             steps=steps,
             peak_flops=peak * 1e12 if peak else None,
             bandwidth=bandwidth,
