@@ -51,7 +51,9 @@ def test_an_accelerator_counts_its_first_devices_xla_ops_line_only():
 
 def test_without_an_xla_ops_line_every_kernel_of_the_device_counts():
     events = [_meta(2, "/device:GPU:0"), _op(2, 8, "dot_fusion", 1, 4), _op(2, 9, "copy.1", 6, 2)]
-    assert len(op_roofline.op_events({"traceEvents": events}, "jit_step")) == 2
+    events.append(_op(2, 9, "copy.1", 9, 2, module="jit_step(7)"))  # a module with its id
+    events.append(_op(2, 9, "copy.1", 12, 2, module="jit_step_2"))
+    assert len(op_roofline.op_events({"traceEvents": events}, "jit_step")) == 3
 
 
 def test_a_cpu_counts_the_first_device_ordinal_and_each_run_once():

@@ -55,7 +55,7 @@ def op_events(trace: dict, module: str) -> list[dict]:
     events = trace.get("traceEvents", []) if isinstance(trace, dict) else trace
     procs, threads = _threads(events)
     ops = [e for e in events if e.get("ph") == "X" and (e.get("args") or {}).get("hlo_op")]
-    mine = [e for e in ops if e["args"].get("hlo_module") == module]
+    mine = [e for e in ops if str(e["args"].get("hlo_module")).split("(")[0] == module]
     ops = mine or ops
     device_pids = sorted(
         {e.get("pid") for e in ops if procs.get(e.get("pid"), "").startswith("/device:")},
