@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from archbench import archs
-from archbench.engine import analysis
+from archbench.engine import analysis, jaxpr_cost
 from archbench.engine.cell import Cell
 from archbench.engine.outcome import RESULT_KEYS, failure
 from archbench.engine.peaks import peak_bandwidth, peak_tflops
@@ -164,6 +164,8 @@ def prepare(plan: Plan | Cell) -> Generation:
         partial(greedy_step, module), params, cache, token
     )
     flops, accessed = analysis.cost(decode)
+    xla = {"flops_per_step": flops, "bytes_per_step": accessed}
+    counted = jaxpr_cost.facts(None, partial(greedy_step, module), (params, cache, token), xla)
     facts = {
         "lower_s": prefill_lower_s + decode_lower_s,
         "compile_s": prefill_compile_s + decode_compile_s,
@@ -174,6 +176,7 @@ def prepare(plan: Plan | Cell) -> Generation:
         "bytes_per_token": accessed,
         "cache_bytes": cache_bytes(shapes),
         **analysis.compiled_memory(decode),
+        **counted,
         "peak_before": peak_before,
     }
     del cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 
 from archbench.engine.cell import IDENTITY_KEYS, Cell, cell_keys
+from archbench.engine.jaxpr_cost import KEYS as JAXPR_KEYS
 from archbench.engine.plan import Plan
 from archbench.errors import Unsupported
 
@@ -41,6 +42,8 @@ RESULT_KEYS = tuple(dict.fromkeys((
     *("model_flops_per_step", "hfu"),
     # The optimizer of a train cell and the bytes of its state, all devices together
     *("opt_state_bytes", "opt_state_bytes_per_param"),
+    # jax.experimental.roofline's count of the step's jaxpr beside XLA's (engine.jaxpr_cost)
+    *JAXPR_KEYS,
     *GENERATE_KEYS,
     *ARTIFACT_KEYS,
 )))  # fmt: skip

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from archbench import archs
-from archbench.engine import analysis, sharding
+from archbench.engine import analysis, jaxpr_cost, sharding
 from archbench.engine.cell import Cell, batch_shards, sequence_length
 from archbench.engine.plan import Plan, plan_of
 from archbench.engine.timing import lower_and_compile
@@ -211,4 +211,6 @@ def compile_cell(plan: Plan | Cell, devices, abstract: bool = False):
         **_collective_facts(compiled),
         **_state_facts(cell, state),
     }
+    # Traced after compiling, so that lower_s and compile_s are the step's own.
+    facts.update(jaxpr_cost.facts(plan, step_fn, args, facts))
     return compiled, args, facts
