@@ -201,7 +201,16 @@ def plot_figures(rows: list[dict], labels: list[str]) -> list:
 
 def build_sections(runs: list[Run], training_dirs=()) -> list:
     """Everything the report shows, in order, whatever the output format."""
-    from archbench.report import axes, curves, generation, profiles, remat, strategies, tables
+    from archbench.report import (
+        axes,
+        counts,
+        curves,
+        generation,
+        profiles,
+        remat,
+        strategies,
+        tables,
+    )
     from archbench.report.operations import operations_section
     from archbench.report.render import Details, Section
 
@@ -252,6 +261,9 @@ def build_sections(runs: list[Run], training_dirs=()) -> list:
     rematerialised = remat.remat_table(rows)
     if rematerialised is not None:
         sections.append(Section("Rematerialisation", "remat", [remat.NOTE, rematerialised]))
+    counted = counts.counts_table(rows)
+    if counted is not None:
+        sections.append(Section("Two FLOP counts", "counts", [counts.NOTE, counted]))
     for axis in axes.axis_sections():  # one section per axis with keys to compare
         table = axes.axis_table(axis, rows)
         if table is not None:
