@@ -30,7 +30,7 @@ def test_a_matmul_is_2mnk_exactly_and_xla_agrees():
     a, b = jax.ShapeDtypeStruct((m, k), jnp.float32), jax.ShapeDtypeStruct((k, n), jnp.float32)
     got = jaxpr_cost.count(jnp.matmul, a, b)
     assert got.flops == got.matmul_flops == 2 * m * n * k
-    assert got.comm_bytes == 0 and got.missed == ()
+    assert got.comm_bytes == 0 and got.uncounted == ()
     assert xla_flops(jnp.matmul, a, b) == pytest.approx(got.flops, rel=0.05)
 
 
@@ -54,7 +54,7 @@ def test_an_mlps_matmuls_are_counted_exactly_and_its_flops_near_xlas():
     assert xla_flops(mlp(widths), params, x) == pytest.approx(got.flops, rel=0.05)
 
 
-def test_a_scans_body_counts_once_per_trip_and_zero_ruled_loops_are_named():
+def test_a_scans_body_counts_once_per_trip_and_uncounted_work_is_named():
     steps, w = 7, jax.ShapeDtypeStruct((32, 32), jnp.float32)
     h = jax.ShapeDtypeStruct((4, 32), jnp.float32)
 
@@ -66,12 +66,19 @@ def test_a_scans_body_counts_once_per_trip_and_zero_ruled_loops_are_named():
             h = jnp.tanh(h @ w)
         return h
 
-    assert jaxpr_cost.count(scanned, w, h) == jaxpr_cost.count(unrolled, w, h)
+    once, every = jaxpr_cost.count(scanned, w, h), jaxpr_cost.count(unrolled, w, h)
+    assert (once.flops, once.matmul_flops, once.unfused_bytes) == (
+        every.flops,
+        every.matmul_flops,
+        every.unfused_bytes,
+    )
+    assert once.flops == steps * 2 * 4 * 32 * 32  # the matmuls; jax has no rule for tanh
+    assert once.uncounted == ("tanh (1)",) and every.uncounted == (f"tanh ({steps})",)
 
     def looped(w, h):
         return jax.lax.fori_loop(0, jnp.int32(steps), lambda i, c: c @ w, h)
 
-    assert "a while loop's body (1)" in jaxpr_cost.count(looped, w, h).missed
+    assert "while (1)" in jaxpr_cost.count(looped, w, h).uncounted
 
 
 SCRIPT = textwrap.dedent(

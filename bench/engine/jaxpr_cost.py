@@ -24,8 +24,9 @@ Two programs are counted, both traced (never compiled):
 
 jax's rules count a scan's body once; `count` adds its other trip counts, so a recurrent
 model's count covers every time step. Work the rules count as zero (a while loop's or a cond's
-body, ragged_dot, primitives without a rule) is named in `jaxpr_reason`, as is any failure: the
-cell's measurement never depends on this count.
+body; tanh, reduce_max, argmax, reduce_window, ragged_dot and the other primitives whose rule
+is jax's zero default or missing) is named in `jaxpr_uncounted`, with how many equations.
+Any failure is `jaxpr_reason`: the cell's measurement never depends on this count.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sys
 import time
 
 import jax
@@ -46,17 +48,24 @@ from archbench.train.steps import predict, train_step
 KEYS = (
     *("jaxpr_flops", "jaxpr_matmul_flops", "jaxpr_flops_per_device", "jaxpr_unfused_bytes"),
     *("jaxpr_comm_bytes", "xla_jaxpr_flops_ratio", "fusion_bytes_ratio", "jaxpr_s"),
-    "jaxpr_reason",
+    *("jaxpr_uncounted", "jaxpr_reason"),
 )
-# Primitives jax's rules count as no work although they do some, and what the count misses.
-ZERO_RULED = {
-    "while": "a while loop's body",
-    "cond": "a cond's branches",
-    "ragged_dot_general": "ragged_dot",
-}
-# Primitives without a rule that move or relabel data and compute nothing.
-NO_WORK = frozenset({"reshard", "mesh_cast", "pvary", "device_put", "copy_p", "copy"})
+# Work jax's rules count as zero: control flow whose bodies they skip, and any primitive whose
+# rule is jax's zero default (tanh, reduce_max, argmax, reduce_window, sort, ...), but those
+# that only move, reshape or relabel data.
+SKIPPED_BODIES = {"while": "while", "cond": "cond"}
+NO_WORK = frozenset(
+    {
+        *("reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "rev"),
+        *("slice", "dynamic_slice", "dynamic_update_slice", "concatenate", "pad", "split"),
+        *("convert_element_type", "bitcast_convert_type", "iota", "copy", "copy_p"),
+        *("device_put", "reshard", "mesh_cast", "pvary", "sharding_constraint", "stop_gradient"),
+        *("random_wrap", "random_unwrap", "random_seed", "optimization_barrier"),
+        *("squeeze", "select_and_gather_add", "zeros_like", "pjit", "closed_call"),
+    }
+)
 _LOGGER = "jax.experimental.roofline.roofline"
+_RULES = getattr(sys.modules[_LOGGER], "_rooflines", {})  # primitive -> rule (private to jax)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +76,7 @@ class Count:
     matmul_flops: int  # dot_general only (the rules' flops; a convolution is in `flops` only)
     unfused_bytes: int  # every operation's operands and results
     comm_bytes: int  # sent over the mesh's links, every axis together
-    missed: tuple[str, ...]  # what the rules counted as zero, "name (n)"
+    uncounted: tuple[str, ...]  # work the rules counted as zero, "primitive (equations)"
 
 
 class _Unruled(logging.Handler):
@@ -127,14 +136,19 @@ def _scan_rest(jaxpr, mesh) -> roofline.RooflineResult:
     return extra
 
 
-def _zero_ruled(jaxpr, found: dict) -> dict:
-    """Equations whose work jax's rules count as zero (ZERO_RULED), by name, at any depth."""
+def _zero_rule(eqn) -> bool:
+    rule = _RULES.get(eqn.primitive)
+    return getattr(rule, "__name__", "") == "standard_rule" and eqn.primitive.name not in NO_WORK
+
+
+def _uncounted(jaxpr, found: dict) -> dict:
+    """Equations whose work jax's rules count as zero, by primitive, at any depth."""
     for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
-        name = eqn.primitive.name
-        if name in ZERO_RULED:
-            found[name] = found.get(name, 0) + 1
-        for inner in _inner(eqn) if name not in ZERO_RULED else ():
-            _zero_ruled(inner, found)
+        inner = _inner(eqn)
+        if eqn.primitive.name in SKIPPED_BODIES or (not inner and _zero_rule(eqn)):
+            found[eqn.primitive.name] = found.get(eqn.primitive.name, 0) + 1
+        for sub in inner:
+            _uncounted(sub, found)
     return found
 
 
@@ -148,13 +162,13 @@ def count(fn, *args, mesh=None, in_specs=None, out_specs=None) -> Count:
     closed = jax.make_jaxpr(fn)(*args)
     with _collecting() as unruled:
         result = _rules(closed, mesh) + _scan_rest(closed, mesh)
-    missed = {**_zero_ruled(closed, {}), **{k: v for k, v in unruled.items() if k not in NO_WORK}}
+    missed = {**_uncounted(closed, {}), **{k: v for k, v in unruled.items() if k not in NO_WORK}}
     return Count(
         flops=int(result.unfused_flops),
         matmul_flops=int(result.flops),
         unfused_bytes=int(result.unfused_hbm_bytes),
         comm_bytes=int(sum(result.ici_bytes.values())),
-        missed=tuple(f"{ZERO_RULED.get(k, k)} ({n})" for k, n in sorted(missed.items())),
+        uncounted=tuple(f"{k} ({n})" for k, n in sorted(missed.items(), key=lambda kv: -kv[1])),
     )
 
 
@@ -220,7 +234,7 @@ def facts(plan: Plan | None, step_fn, args, xla: dict) -> dict:
             "xla_jaxpr_flops_ratio": _ratio(xla.get("flops_per_step"), total.flops),
             "fusion_bytes_ratio": _ratio(total.unfused_bytes, xla.get("bytes_per_step")),
         }
-        reasons += [f"counted as zero: {', '.join(total.missed)}"] if total.missed else []
+        out["jaxpr_uncounted"] = ", ".join(total.uncounted) or None
         if plan is None or plan.cell.devices == 1:
             out |= {"jaxpr_flops_per_device": total.flops, "jaxpr_comm_bytes": 0}
         else:

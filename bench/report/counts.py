@@ -66,7 +66,7 @@ def counts_table(rows: list[dict]) -> Table | None:
                 _ratio(r.get("jaxpr_unfused_bytes"), r.get("bytes_per_step"), "unfused / XLA"),
                 num(units.nbytes(r.get("jaxpr_comm_bytes"))),
                 num(units.nbytes(r.get("collective_bytes"))),
-                Cell(r.get("jaxpr_reason") or ""),
+                Cell(r.get("jaxpr_reason") or "", f"uncounted: {r.get('jaxpr_uncounted')}"),
             ]
         )
     columns = ["run", "cell", "XLA FLOPs", "model FLOPs", "jaxpr FLOPs", "XLA / jaxpr"]
