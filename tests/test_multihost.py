@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from archbench.cli import processes
 from archbench.cli.main import main
-from archbench.engine import distributed
 from archbench.engine.measure import Cell, prepare
 from archbench.matrix import cells, results
 
@@ -33,10 +33,10 @@ SAME_EVERYWHERE = ("params", "flops_per_step", "batch_per_device", "batch_shardi
 STEPS = """
 import json, sys
 import jax
-from archbench.engine import distributed
+from archbench.cli import processes
 from archbench.engine.measure import Cell, prepare
 port, n, i, devices = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-distributed.initialize(distributed.Job(f"127.0.0.1:{port}", n, i, 60))
+processes.initialize(processes.Job(f"127.0.0.1:{port}", n, i, 60))
 prepared = prepare(Cell("mlp", "tiny", "train", 8, "float32", devices=devices))
 steps = []
 for _ in range(3):
@@ -243,12 +243,12 @@ def test_bad_scale_out_options_are_one_line_and_exit_2(argv, expect, tmp_path, c
 
 
 def test_parse_gives_the_job():
-    assert distributed.parse() is None
-    explicit = distributed.parse(" node-1.cluster:1234", "4", "3", None, "7.5")
-    assert explicit == distributed.Job("node-1.cluster:1234", 4, 3, 8)
-    assert distributed.parse("[::1]:80", 1, 0).coordinator == "[::1]:80"
-    auto = distributed.parse(distributed=distributed.AUTO)
-    assert auto.auto and auto.timeout_s == distributed.DEFAULT_TIMEOUT_S
+    assert processes.parse() is None
+    explicit = processes.parse(" node-1.cluster:1234", "4", "3", None, "7.5")
+    assert explicit == processes.Job("node-1.cluster:1234", 4, 3, 8)
+    assert processes.parse("[::1]:80", 1, 0).coordinator == "[::1]:80"
+    auto = processes.parse(distributed=processes.AUTO)
+    assert auto.auto and auto.timeout_s == processes.DEFAULT_TIMEOUT_S
 
 
 # ---- split and merge ----------------------------------------------------------------------

@@ -1,19 +1,20 @@
 """The `archbench` command: a thin front door over library functions the tests call too.
 
-Each subcommand is a module of archbench.cli registered in COMMANDS. Bad input ends in one line on stderr and exit status 2, never a traceback
-(set ARCHBENCH_DEBUG=1 to see one).
+Each subcommand is a module of archbench.cli registered in COMMANDS. Bad input ends in one
+line on stderr and exit status 2, never a traceback (archbench.cli.exits; set ARCHBENCH_DEBUG=1
+to see one).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import jax
 
 from archbench import archs
 from archbench.cli import compare_cmd, list_cmd, report_cmd, run_cmd, train_cmd
+from archbench.cli.exits import guarded
 
 
 class CliError(archs.UserError):
@@ -49,19 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     # Set through the environment so that subprocesses (the matrix) inherit it.
     os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
     jax.config.update("jax_default_prng_impl", os.environ["JAX_DEFAULT_PRNG_IMPL"])
-    try:
+
+    def run() -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command].run(args)
-    except archs.UserError as e:
-        if os.environ.get("ARCHBENCH_DEBUG"):
-            raise
-        msg = str(e)
-        print(msg if msg.startswith("archbench") else f"archbench: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("archbench: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `archbench ... | head` closed the pipe: stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail
-        return 141
+
+    return guarded(run)

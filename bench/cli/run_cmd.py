@@ -4,7 +4,7 @@ Everything a user can get wrong is checked here, before pytest starts and before
 file is touched; the matrix itself (archbench/matrix/test_matrix.py) runs in this process through
 `pytest.main`, with a progress bar on stderr.
 
-A multi-process job (--coordinator ... or --distributed auto; archbench.engine.distributed)
+A multi-process job (--coordinator ... or --distributed auto; archbench.cli.processes)
 runs the matrix in a supervised child process that joins the job before anything touches a
 device; every process runs every cell, process 0 alone checks and writes --out and prints.
 `--split K/N` runs one shard of the selected cells.
@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from archbench.archs import plugins
-from archbench.cli import locks
+from archbench.cli import locks, processes
 from archbench.cli.list_cmd import add_plugin_argument
 from archbench.engine import distributed, fields
 from archbench.errors import UserError
@@ -37,6 +37,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f = p.add_argument_group("filters (comma lists; default: the main job)")
     for field in fields.FIELDS:  # one option per cell field (archbench.engine.fields)
         f.add_argument(field.option, dest=field.name, help=field.help)
+    _add_output_arguments(p)
+    _add_compile_arguments(p)
+    _add_capture_arguments(p)
+    add_plugin_argument(p)
+    s = p.add_argument_group(
+        "scale out (docs/multihost.md)",
+        "Several processes (hosts) run one matrix together: start the same command on each; "
+        "process 0 writes --out, the others only compute.",
+    )
+    s.add_argument(
+        "--split",
+        metavar="K/N",
+        help="run only the K-th of N disjoint shards of the selected cells (every N-th cell "
+        "from the K-th); merge the files with `archbench report a.json b.json`",
+    )
+    processes.add_arguments(s)
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the results go, and what becomes of a file that is already there."""
     p.add_argument(
         "--out",
         help=f"results file (default: {RESULTS_DIR}/<backend>-<date>-<time>.json; "
@@ -48,6 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="keep the cells already in --out; run only those missing or failed",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def _add_compile_arguments(p: argparse.ArgumentParser) -> None:
+    """Compiling without running: here, or for a TPU slice this host need not have."""
     p.add_argument(
         "--compile-only",
         action="store_true",
@@ -66,6 +90,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "v5p:2x2x2 (implies --compile-only; --devices defaults to the slice's; "
         "--device-memory to its chips'); needs pip install 'archbench[tpu]'",
     )
+
+
+def _add_capture_arguments(p: argparse.ArgumentParser) -> None:
+    """How long each cell is timed, and the files kept beside the results."""
     p.add_argument(
         "--target-s",
         type=float,
@@ -81,32 +109,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--dump-hlo",
         metavar="DIR",
         help="each cell's optimized HLO as compiled, DIR/<cell_id>.hlo.txt, to diff two runs",
-    )
-    add_plugin_argument(p)
-    s = p.add_argument_group(
-        "scale out (docs/multihost.md)",
-        "Several processes (hosts) run one matrix together: start the same command on each; "
-        "process 0 writes --out, the others only compute.",
-    )
-    s.add_argument(
-        "--split",
-        metavar="K/N",
-        help="run only the K-th of N disjoint shards of the selected cells (every N-th cell "
-        "from the K-th); merge the files with `archbench report a.json b.json`",
-    )
-    s.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address and a port")
-    s.add_argument("--num-processes", metavar="N", help="processes in the job")
-    s.add_argument("--process-id", metavar="I", help="this process: 0 .. N-1")
-    s.add_argument(
-        "--distributed",
-        metavar="auto",
-        help="'auto': JAX finds the coordinator, count and id (SLURM, Open MPI, Cloud TPU)",
-    )
-    s.add_argument(
-        "--distributed-timeout",
-        metavar="SECONDS",
-        help=f"how long a process waits for its peers to join, and for a silent peer before "
-        f"giving up (default: {distributed.DEFAULT_TIMEOUT_S})",
     )
 
 
@@ -261,7 +263,7 @@ def run(args) -> int:
     artifacts.check_dir("--profile", args.profile)
     artifacts.check_dir("--dump-hlo", args.dump_hlo)
     cells.parse_split(args.split)
-    job = distributed.parse(
+    job = processes.parse(
         args.coordinator,
         args.num_processes,
         args.process_id,
@@ -277,10 +279,10 @@ def run(args) -> int:
         )
 
     def work() -> int:
-        distributed.initialize(job)  # before anything touches a JAX device
+        processes.initialize(job)  # before anything touches a JAX device
         return run_matrix(args)
 
-    return distributed.supervise(work, job)
+    return processes.supervise(work, job)
 
 
 def run_matrix(args) -> int:

@@ -9,7 +9,7 @@ host's cores, so they test correctness, not speed.
 Several hosts: start the same program on every host; `archbench run --coordinator host0:1234
 --num-processes P --process-id i` (or `--distributed auto` under SLURM, Open MPI or on a Cloud
 TPU pod) joins them through `jax.distributed.initialize` before any other JAX call
-(archbench.engine.distributed, docs/multihost.md). `jax.devices()` then lists the devices of
+(archbench.cli.processes, docs/multihost.md). `jax.devices()` then lists the devices of
 every host, so the same Mesh code spans them, and each process computes only the shards of the
 jitted state and batch that live on its own devices. `device_info` records `process_count` and
 `local_device_count` (devices per process) beside the global `device_count`.
