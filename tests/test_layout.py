@@ -39,6 +39,7 @@ ROOMS = [
 # Modules of no room's rank that import nothing of archbench, so any room may use them.
 LEAVES = ["archbench.errors", "archbench.units", "archbench.text", "archbench.engine.distributed"]
 MAX_LINES = 400
+MAX_FUNCTION_LINES = 60  # def to last line, docstring included
 # offline: no dependencies, the build backend from this environment (setuptools, a dev extra)
 PIP_INSTALL = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
 
@@ -175,6 +176,32 @@ def test_no_module_over_400_lines():
 def test_leaves_import_nothing_of_archbench():
     graph = import_graph()
     assert {leaf: graph[leaf] for leaf in LEAVES if graph[leaf]} == {}
+
+
+def long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> dict[str, int]:
+    """'file:line name' -> lines, for each function or method of `path` longer than `limit`."""
+    long = {}
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > limit:
+                long[f"{path.name}:{node.lineno} {node.name}"] = lines
+    return long
+
+
+def test_long_functions_are_found(tmp_path):
+    source = tmp_path / "m.py"
+    body = "".join(f"        x{i} = {i}\n" for i in range(6))
+    source.write_text(f"def short():\n    pass\n\n\nclass C:\n    def long(self):\n{body}")
+    assert long_functions(source, limit=6) == {"m.py:6 long": 7}
+    assert long_functions(source, limit=7) == {}
+
+
+def test_no_function_over_60_lines():
+    long = {}
+    for path in package_modules().values():
+        long.update(long_functions(path))
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them): {long}"
 
 
 def _python(code: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -227,95 +227,125 @@ def fit(
     Raises:
       UserError: bad recipe/run-directory combinations; TrainingDiverged on NaN or inf.
     """
+    out_dir = Path(out_dir)
+    sharding = None if placement is None else placement.batch
+    _check(recipe, epochs, sharding)  # before any file exists
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with Checkpoints(out_dir / "checkpoints") as ckpt:
+        meta, config = _opening(ckpt, recipe, epochs, resume, out_dir)
+        if resume and say is not None:
+            say(resume_message(recipe, out_dir, meta, config["epochs"]))
+        train, test = load_splits(recipe, data_dir)
+        steps_per_epoch = _steps_per_epoch(recipe, train)
+        total_steps = config["epochs"] * steps_per_epoch
+        state, schedule, fns = _start(recipe, train.x, total_steps, placement)
+        if meta is not None:
+            state = ckpt.restore(meta["epoch"], state)
+            if meta["epoch"] >= config["epochs"]:
+                return _final(recipe, meta, out_dir)
+        log = MetricsLog(out_dir / "metrics.jsonl", int(state.step) if meta else None)
+        run = Run(
+            recipe, config, out_dir, schedule, log, ckpt,
+            meta["wall_s"] if meta else 0.0, progress, step=fns["step"],
+        )  # fmt: skip
+        try:
+            first = meta["epoch"] + 1 if meta is not None else 1
+            meta = _train_epochs(run, state, (train, test), first, steps_per_epoch, sharding, fns)
+        finally:
+            log.close()
+    return _final(recipe, meta, out_dir)
+
+
+def _check(recipe: Recipe, epochs: int | None, sharding) -> None:
+    """Refuse a bad epoch count, an architecture size that is not registered, or a batch that
+    does not split evenly over the devices it is sharded across."""
     if epochs is not None and epochs < 1:
         raise UserError(f"epochs must be at least 1, not {epochs}")
-    out_dir = Path(out_dir)
-    build_module(recipe)  # fails fast on a missing architecture size, before any file exists
-    sharding = None if placement is None else placement.batch
+    build_module(recipe)
     shards = batch_shards(sharding)
     if recipe.batch % shards:
         raise UserError(
             f"{recipe.name}: batch {recipe.batch} is not divisible by the {shards} batch shards "
             f"of {len(sharding.device_set)} devices; use a device count that divides it"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with Checkpoints(out_dir / "checkpoints") as ckpt:
-        latest = ckpt.latest_epoch()
-        meta = ckpt.meta(latest) if latest is not None else None
-        if meta is not None and not resume:
-            raise UserError(
-                f"{out_dir} already holds a run of {meta['recipe']!r} (epoch {latest}); "
-                "pass --resume to continue it, or choose another --out"
-            )
-        if meta is not None:
-            config = _resume_config(recipe, meta, epochs, out_dir)
-        else:
-            config = recipe.config(epochs)
-        total_epochs = config["epochs"]
-        if resume and say is not None:
-            say(resume_message(recipe, out_dir, meta, total_epochs))
 
-        train, test = load_splits(recipe, data_dir)
-        steps_per_epoch = len(train.y) // recipe.batch
-        if steps_per_epoch == 0:
-            raise UserError(
-                f"{recipe.name}: {len(train.y)} training examples < batch {recipe.batch}"
-            )
-        state, schedule, fns = _start(recipe, train.x, total_epochs * steps_per_epoch, placement)
-        if meta is not None:
-            state = ckpt.restore(latest, state)
-        done = meta["epoch"] if meta is not None else 0
-        if meta is not None and done >= total_epochs:
-            return _final(recipe, meta, out_dir)
 
-        log = MetricsLog(out_dir / "metrics.jsonl", int(state.step) if meta else None)
-        run = Run(
-            recipe, config, out_dir, schedule, log, ckpt,
-            meta["wall_s"] if meta else 0.0, progress, step=fns["step"],
-        )  # fmt: skip
-        device_train = on_device(train, sharding)
+def _steps_per_epoch(recipe: Recipe, train) -> int:
+    """Whole batches in the train split: the steps of one epoch (none is a UserError)."""
+    steps = len(train.y) // recipe.batch
+    if steps == 0:
+        raise UserError(f"{recipe.name}: {len(train.y)} training examples < batch {recipe.batch}")
+    return steps
 
-        def feed(epoch: int) -> EpochFeed:
-            return EpochFeed(
-                train, device_train, recipe.batch, seed=recipe.seed, epoch=epoch, sharding=sharding
-            )
 
-        batches = None
-        try:
-            compile_s = _warm_up(
-                state, train, device_train, recipe.batch, steps_per_epoch, sharding, fns
-            )
-            batches = feed(done + 1)
-            for epoch in range(done + 1, total_epochs + 1):
-                state, train_rec = run.train_epoch(state, batches, epoch, steps_per_epoch)
-                if epoch == done + 1:
-                    train_rec["compile_s"] = compile_s
-                train_rec["devices"] = 1 if sharding is None else len(sharding.device_set)
-                evaluation = start_evaluation(state, test, recipe.eval_batch, sharding)
-                # The next epoch's data work, on the host while the device evaluates.
-                batches = feed(epoch + 1) if epoch < total_epochs else None
-                test_rec = run.test_record(evaluation, int(state.step), epoch)
-                log.write(train_rec)
-                log.write(test_rec)
-                meta = {
-                    "epoch": epoch,
-                    "step": int(state.step),
-                    "recipe": recipe.name,
-                    "config": config,
-                    "wall_s": run.wall_s(),
-                    "train": train_rec,
-                    "test": test_rec,
-                }
-                if epoch % recipe.checkpoint_every == 0 or epoch == total_epochs:
-                    ckpt.save(epoch, state, meta)
-                    run.last_saved = epoch
-                if progress:
-                    print(epoch_line(recipe, train_rec, test_rec, total_epochs), file=sys.stderr)
-        finally:
-            if batches is not None:
-                batches.close()
-            log.close()
-    return _final(recipe, meta, out_dir)
+def _opening(ckpt: Checkpoints, recipe: Recipe, epochs, resume: bool, out_dir: Path):
+    """(meta of the latest checkpoint or None, the run's config): what out_dir holds, checked
+    against `resume`, the recipe and `epochs`."""
+    latest = ckpt.latest_epoch()
+    meta = ckpt.meta(latest) if latest is not None else None
+    if meta is None:
+        return None, recipe.config(epochs)
+    if not resume:
+        raise UserError(
+            f"{out_dir} already holds a run of {meta['recipe']!r} (epoch {latest}); "
+            "pass --resume to continue it, or choose another --out"
+        )
+    return meta, _resume_config(recipe, meta, epochs, out_dir)
+
+
+def _train_epochs(run: Run, state, splits, first: int, steps: int, sharding, fns: dict) -> dict:
+    """Train epochs `first`..the last, each evaluated, logged and checkpointed at the recipe's
+    cadence; the meta of the last epoch."""
+    recipe, total = run.recipe, run.config["epochs"]
+    train, test = splits
+    device_train = on_device(train, sharding)
+
+    def feed(epoch: int) -> EpochFeed:
+        return EpochFeed(
+            train, device_train, recipe.batch, seed=recipe.seed, epoch=epoch, sharding=sharding
+        )
+
+    batches = None
+    try:
+        compile_s = _warm_up(state, train, device_train, recipe.batch, steps, sharding, fns)
+        batches = feed(first)
+        for epoch in range(first, total + 1):
+            state, train_rec = run.train_epoch(state, batches, epoch, steps)
+            if epoch == first:
+                train_rec["compile_s"] = compile_s
+            train_rec["devices"] = 1 if sharding is None else len(sharding.device_set)
+            evaluation = start_evaluation(state, test, recipe.eval_batch, sharding)
+            # The next epoch's data work, on the host while the device evaluates.
+            batches = feed(epoch + 1) if epoch < total else None
+            test_rec = run.test_record(evaluation, int(state.step), epoch)
+            meta = _end_epoch(run, state, epoch, train_rec, test_rec)
+    finally:
+        if batches is not None:
+            batches.close()
+    return meta
+
+
+def _end_epoch(run: Run, state, epoch: int, train_rec: dict, test_rec: dict) -> dict:
+    """Log the epoch's records, checkpoint at the recipe's cadence and say the epoch's line;
+    the epoch's meta (what a checkpoint stores beside the state)."""
+    recipe, total = run.recipe, run.config["epochs"]
+    run.log.write(train_rec)
+    run.log.write(test_rec)
+    meta = {
+        "epoch": epoch,
+        "step": int(state.step),
+        "recipe": recipe.name,
+        "config": run.config,
+        "wall_s": run.wall_s(),
+        "train": train_rec,
+        "test": test_rec,
+    }
+    if epoch % recipe.checkpoint_every == 0 or epoch == total:
+        run.ckpt.save(epoch, state, meta)
+        run.last_saved = epoch
+    if run.progress:
+        print(epoch_line(recipe, train_rec, test_rec, total), file=sys.stderr)
+    return meta
 
 
 def resume_message(recipe: Recipe, out_dir: Path, meta: dict | None, total: int) -> str:

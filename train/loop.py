@@ -217,11 +217,10 @@ class Run:
         return state, record
 
     def _train_epoch(self, state: TrainState, batches: Iterator[dict], epoch: int, steps: int):
-        recipe = self.recipe
         sums = {"loss": 0.0, "accuracy": 0.0, "steps": 0}
         bar = tqdm(
             total=steps,
-            desc=f"{recipe.name} epoch {epoch}/{self.config['epochs']}",
+            desc=f"{self.recipe.name} epoch {epoch}/{self.config['epochs']}",
             disable=not (self.progress and sys.stderr.isatty()),
             leave=False,
             file=sys.stderr,
@@ -251,40 +250,44 @@ class Run:
             if metrics["loss"].is_ready():  # the step ended before the batch was ready
                 window_time["stall"] += fetch_s
             bar.update()
-            if step % recipe.log_every == 0 or batch is None:
-                loss, accuracy = self.flush(window, epoch, sums, bar)
-                seconds = time.perf_counter() - window_start
-                examples_per_s = len(window) * recipe.batch / seconds
-                record = self._record(
-                    "step", step, epoch, "train", loss, accuracy, examples_per_s,
-                    window_time["wait"],
-                )  # fmt: skip
-                record["data_stall_s"] = window_time["stall"]
-                self.log.write(record)
+            if step % self.recipe.log_every == 0 or batch is None:
+                self._log_window(window, window_time, window_start, epoch, sums, bar)
                 for k, v in window_time.items():
                     epoch_time[k] += v
-                window, window_time, window_start = (
-                    [],
-                    dict.fromkeys(window_time, 0.0),
-                    time.perf_counter(),
-                )
+                window, window_start = [], time.perf_counter()
+                window_time = dict.fromkeys(window_time, 0.0)
         bar.close()
         seconds = time.perf_counter() - epoch_start
         if not bool(_all_finite((state.params, state.batch_stats))):
             raise self.diverged("parameters are not finite", step, epoch)
+        return state, self._epoch_record(step, epoch, sums, epoch_time, seconds)
+
+    def _log_window(self, window: list, time_s: dict, start: float, epoch: int, sums, bar):
+        """Log the train steps of `window` (since `start`) as one "step" record."""
+        loss, accuracy = self.flush(window, epoch, sums, bar)
+        examples_per_s = len(window) * self.recipe.batch / (time.perf_counter() - start)
+        step = window[-1][0]
+        record = self._record(
+            "step", step, epoch, "train", loss, accuracy, examples_per_s, time_s["wait"]
+        )
+        record["data_stall_s"] = time_s["stall"]
+        self.log.write(record)
+
+    def _epoch_record(self, step: int, epoch: int, sums: dict, time_s: dict, seconds: float):
+        """The epoch's train record: its steps' mean metrics, throughput and data waits."""
         n = max(sums["steps"], 1)
         record = self._record(
             "epoch", step, epoch, "train", sums["loss"] / n, sums["accuracy"] / n,
-            sums["steps"] * recipe.batch / seconds, epoch_time["wait"],
+            sums["steps"] * self.recipe.batch / seconds, time_s["wait"],
         )  # fmt: skip
         record.update(
-            data_stall_s=epoch_time["stall"],
-            data_wait_frac=epoch_time["wait"] / seconds,
-            data_stall_frac=epoch_time["stall"] / seconds,
+            data_stall_s=time_s["stall"],
+            data_wait_frac=time_s["wait"] / seconds,
+            data_stall_frac=time_s["stall"] / seconds,
             train_s=seconds,
             steps=sums["steps"],
         )
-        return state, record
+        return record
 
     def _record(self, kind, step, epoch, split, loss, accuracy, examples_per_s, wait_s) -> dict:
         record = {

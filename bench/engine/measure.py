@@ -184,13 +184,7 @@ def summarize(plan: Plan | Cell, prepared: Prepared, round_times_s: list[float])
     facts = dict(prepared.facts)
     peak_before = facts.pop("peak_before")
     tokens = plan.inputs.tokens_per_example
-    flops, model_flops = facts["flops_per_step"], facts["model_flops_per_step"]
-    tflops_per_s = flops / median / 1e12 if flops is not None else None
-    model_tflops_per_s = model_flops / median / 1e12 if model_flops is not None else None
     device = prepared.devices[0]
-    peak, peak_source, peak_basis = peak_tflops(device, cell.dtype)
-    shared = peak_source == "measured-matmul" and device.platform == "cpu"
-    total_peak = None if peak is None else peak * (1 if shared else cell.devices)
     device_peak = analysis.device_peak_bytes(prepared.devices)
     rss = analysis.host_peak_rss_bytes()
     result = {
@@ -205,16 +199,7 @@ def summarize(plan: Plan | Cell, prepared: Prepared, round_times_s: list[float])
         "steps_per_round": prepared.steps_per_round,
         "samples_per_s": cell.batch / median,
         "tokens_per_s": cell.batch * tokens / median if tokens else None,
-        "tflops_per_s": tflops_per_s,
-        "mfu": (
-            model_tflops_per_s / total_peak
-            if model_tflops_per_s is not None and total_peak
-            else None
-        ),
-        "hfu": tflops_per_s / total_peak if tflops_per_s is not None and total_peak else None,
-        "peak_tflops": peak,
-        "peak_source": peak_source,
-        "peak_basis": peak_basis,
+        **_utilisation(cell, device, median, facts),
         **facts,
         "peak_bytes": device_peak,
         "host_peak_rss_bytes": rss,
@@ -224,6 +209,29 @@ def summarize(plan: Plan | Cell, prepared: Prepared, round_times_s: list[float])
         "fits": None,
     }
     return {key: result.get(key) for key in RESULT_KEYS}
+
+
+def _utilisation(cell: Cell, device, step_time_s: float, facts: dict) -> dict:
+    """Achieved TFLOP/s, MFU and HFU of a step taking `step_time_s`, and the peak they are
+    measured against (summarize says which FLOPs each counts)."""
+    flops, model_flops = facts["flops_per_step"], facts["model_flops_per_step"]
+    tflops_per_s = flops / step_time_s / 1e12 if flops is not None else None
+    model_tflops_per_s = model_flops / step_time_s / 1e12 if model_flops is not None else None
+    peak, peak_source, peak_basis = peak_tflops(device, cell.dtype)
+    shared = peak_source == "measured-matmul" and device.platform == "cpu"
+    total_peak = None if peak is None else peak * (1 if shared else cell.devices)
+
+    def share(tflops):
+        return tflops / total_peak if tflops is not None and total_peak else None
+
+    return {
+        "tflops_per_s": tflops_per_s,
+        "mfu": share(model_tflops_per_s),
+        "hfu": share(tflops_per_s),
+        "peak_tflops": peak,
+        "peak_source": peak_source,
+        "peak_basis": peak_basis,
+    }
 
 
 def measure_cell(

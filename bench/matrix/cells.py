@@ -158,6 +158,28 @@ def select(*, split: str | None = None, target=None, **filters: str | None) -> l
     asked = {f.name: f.values(filters.get(f.name)) for f in FIELDS}
     names = _arch_names(asked["arch"])
     specs = {n: archs.get(n) for n in names}
+    pairs = _pairs(specs, asked, given, target)
+    filled = not {"prompt_len", "gen_len"} & given  # the default lengths: only where they fit
+    selected = _cells(pairs, specs, asked, given, filled)
+    if not selected and "generate" in asked["mode"]:  # other modes' cells run without it
+        _check_some_generate(names, asked, filled)
+    for c in selected:  # anything measuring refuses, before anything runs
+        cells_.validate(cells_.with_unit_batch(c), target)
+    if shard is not None:
+        k, n = shard
+        if k > len(selected):
+            raise UserError(
+                f"--split {split}: shard {k} is empty; the selection has only "
+                f"{len(selected)} cell(s)"
+            )
+        selected = shards(selected, n)[k - 1]
+    return selected
+
+
+def _pairs(specs: dict, asked: dict, given: set, target) -> list[tuple[str, str]]:
+    """The (arch, size) pairs the filters select, after checking the values that hold for
+    every cell: sizes, devices, strategies and meshes, and where each field applies."""
+    names = list(specs)
     all_sizes = list(dict.fromkeys(s for spec in specs.values() for s in spec.sizes))
     for s in asked["size"]:
         if s not in all_sizes:
@@ -178,8 +200,14 @@ def select(*, split: str | None = None, target=None, **filters: str | None) -> l
             f"--seq-len applies to sequence models ({', '.join(dict.fromkeys(every))}), "
             f"not to {', '.join(names)} at size {', '.join(asked['size'])}"
         )
+    return pairs
+
+
+def _cells(pairs: list, specs: dict, asked: dict, given: set, filled: bool) -> list[Cell]:
+    """Every combination of the asked values for each (arch, size), where each applies,
+    without repeats; generate cells only for language models that decode (`filled`: at the
+    default lengths, only where they fit the model's positions)."""
     selected = []
-    filled = not {"prompt_len", "gen_len"} & given  # the default lengths: only where they fit
     rest = NAMES[3:]  # after arch, size and mode
     for name, size in pairs:
         spec = specs[name]
@@ -192,20 +220,7 @@ def select(*, split: str | None = None, target=None, **filters: str | None) -> l
                 if mode == "generate" and not _fits(cell, spec, filled):
                     continue
                 selected.append(cell)
-    selected = list(dict.fromkeys(selected))
-    if not selected and "generate" in asked["mode"]:  # other modes' cells run without it
-        _check_some_generate(names, asked, filled)
-    for c in selected:  # anything measuring refuses, before anything runs
-        cells_.validate(cells_.with_unit_batch(c), target)
-    if shard is not None:
-        k, n = shard
-        if k > len(selected):
-            raise UserError(
-                f"--split {split}: shard {k} is empty; the selection has only "
-                f"{len(selected)} cell(s)"
-            )
-        selected = shards(selected, n)[k - 1]
-    return selected
+    return list(dict.fromkeys(selected))
 
 
 @functools.cache

@@ -201,16 +201,7 @@ def plot_figures(rows: list[dict], labels: list[str]) -> list:
 
 def build_sections(runs: list[Run], training_dirs=()) -> list:
     """Everything the report shows, in order, whatever the output format."""
-    from archbench.report import (
-        axes,
-        counts,
-        curves,
-        generation,
-        profiles,
-        remat,
-        strategies,
-        tables,
-    )
+    from archbench.report import curves, profiles, tables
     from archbench.report.operations import operations_section
     from archbench.report.render import Details, Section
 
@@ -222,6 +213,37 @@ def build_sections(runs: list[Run], training_dirs=()) -> list:
     sections = [Section("Runs", "runs", [_cards(runs, comparisons)])]
     if comparisons:
         sections.append(_speedup_section(runs, comparisons))
+    sections.append(_main_section(runs, rows))
+    sections.append(Section("Plots", "plots", plot_figures(rows, labels)))
+    sections += _optional_sections(rows, labels)
+    if training_dirs:
+        truns = [curves.load_training_run(d) for d in curves.find_run_dirs(training_dirs)]
+        blocks = [curves.training_table(truns), *(curves.curves_figure(t) for t in truns)]
+        sections.append(Section("Training curves", "training", blocks))
+
+    profiled = profiles.profile_section(rows)  # --profile traces and --dump-hlo files
+    if profiled is not None:
+        sections.append(profiled)
+    below_roof = operations_section(rows)  # --profile: each op against its roof
+    if below_roof is not None:
+        sections.append(below_roof)
+    sections.append(Section("Environment", "env", [tables.environment_table(runs)]))
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        sections.append(
+            Section(f"Failed cells ({len(failed)})", "failed", [tables.failed_table(failed)])
+        )
+    everything = Details(
+        f"Every flat row: {len(rows)} cells, every column", [tables.full_table(rows)]
+    )
+    sections.append(Section("All cells", "all", [everything]))
+    return sections
+
+
+def _main_section(runs: list[Run], rows: list[dict]):
+    """The table of one row per architecture and size (and run), with what it leaves out."""
+    from archbench.report import tables
+    from archbench.report.render import Section
 
     main, missing = tables.main_table(rows, {run.label: run.color for run in runs})
     note = (
@@ -234,8 +256,17 @@ def build_sections(runs: list[Run], training_dirs=()) -> list:
     )
     if missing:
         note += f" Not reported by any run, so left out: {', '.join(missing)}."
-    sections.append(Section("Architectures", "main", [note, main]))
-    sections.append(Section("Plots", "plots", plot_figures(rows, labels)))
+    return Section("Architectures", "main", [note, main])
+
+
+def _optional_sections(rows: list[dict], labels: list[str]) -> list:
+    """The sections shown only where some row has what they show: sharding strategies,
+    generation, rematerialisation, the two FLOP counts, and each field with keys to compare
+    (archbench.report.axes)."""
+    from archbench.report import axes, counts, generation, remat, strategies
+    from archbench.report.render import Section
+
+    sections = []
     sharded = strategies.strategy_table(rows)
     if sharded is not None:
         note = (
@@ -269,28 +300,6 @@ def build_sections(runs: list[Run], training_dirs=()) -> list:
         if table is not None:
             note = f"{axis.option}: {axis.help}. Each against the same cell at {axis.default}."
             sections.append(Section(axis.option[2:].capitalize(), axis.name, [note, table]))
-
-    if training_dirs:
-        truns = [curves.load_training_run(d) for d in curves.find_run_dirs(training_dirs)]
-        blocks = [curves.training_table(truns), *(curves.curves_figure(t) for t in truns)]
-        sections.append(Section("Training curves", "training", blocks))
-
-    profiled = profiles.profile_section(rows)  # --profile traces and --dump-hlo files
-    if profiled is not None:
-        sections.append(profiled)
-    below_roof = operations_section(rows)  # --profile: each op against its roof
-    if below_roof is not None:
-        sections.append(below_roof)
-    sections.append(Section("Environment", "env", [tables.environment_table(runs)]))
-    failed = [r for r in rows if r["status"] != "ok"]
-    if failed:
-        sections.append(
-            Section(f"Failed cells ({len(failed)})", "failed", [tables.failed_table(failed)])
-        )
-    everything = Details(
-        f"Every flat row: {len(rows)} cells, every column", [tables.full_table(rows)]
-    )
-    sections.append(Section("All cells", "all", [everything]))
     return sections
 
 

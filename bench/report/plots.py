@@ -200,28 +200,9 @@ def throughput_bars(rows: list[dict], runs: list[str]) -> Figure | Skipped:
         )
         for ax, mode in zip(axes[:, 0], modes, strict=True):
             for i, run in enumerate(runs):
-                xs, ys, failed = [], [], []
-                for j, (_, arch, size) in enumerate(cats):
-                    r = by_cell.get((run, mode, arch, size))
-                    x = j - 0.4 + width * (i + 0.5)
-                    if r is not None and _ok(r, "samples_per_s"):
-                        xs.append(x)
-                        ys.append(r["samples_per_s"])
-                    elif r is not None:
-                        failed.append((x, r["status"]))
-                ax.bar(xs, ys, width * 0.92, color=RUN_COLORS[i % len(RUN_COLORS)], label=run)
-                for x, status in failed:
-                    ax.text(
-                        x,
-                        0.02,
-                        status,
-                        transform=ax.get_xaxis_transform(),
-                        rotation=90,
-                        ha="center",
-                        va="bottom",
-                        fontsize=7,
-                        color="#c43d4b",
-                    )
+                cells = [by_cell.get((run, mode, arch, size)) for _, arch, size in cats]
+                offset = -0.4 + width * (i + 0.5)
+                _run_bars(ax, cells, offset, width, RUN_COLORS[i % len(RUN_COLORS)], run)
             ax.set(yscale="log", ylabel="samples/s", title=mode)
             log_axis(ax.yaxis, "count")
             ax.grid(axis="x", visible=False)
@@ -237,6 +218,24 @@ def throughput_bars(rows: list[dict], runs: list[str]) -> Figure | Skipped:
             "Headline cell of each architecture and size; log scale.",
             wide=True,
         )
+
+
+_FAILED_LABEL = {"rotation": 90, "ha": "center", "va": "bottom", "fontsize": 7, "color": "#c43d4b"}
+
+
+def _run_bars(ax, cells: list, offset: float, width: float, color: str, label: str) -> None:
+    """One run's bars in one panel: samples/s of each category that ran (`cells`, None where
+    the run has none), and the status of each that failed."""
+    xs, ys, failed = [], [], []
+    for j, r in enumerate(cells):
+        if r is not None and _ok(r, "samples_per_s"):
+            xs.append(j + offset)
+            ys.append(r["samples_per_s"])
+        elif r is not None:
+            failed.append((j + offset, r["status"]))
+    ax.bar(xs, ys, width * 0.92, color=color, label=label)
+    for x, status in failed:  # upright, from the bottom of the panel
+        ax.text(x, 0.02, status, transform=ax.get_xaxis_transform(), **_FAILED_LABEL)
 
 
 # ---- scaling: a metric against batch, sequence length or devices -----------------------------

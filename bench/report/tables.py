@@ -287,17 +287,15 @@ def main_table(rows: list[dict], colors: dict[str, str] | None = None) -> tuple[
             out_rows.append([Cell(fam, cls="famrow", span=width)])
             row_cls.append("famrow")
         any_row = next(iter(cell.values()))
+        run = any_row["run"]
         params = next((r["params"] for r in cell.values() if r.get("params")), None)
-        run_cell = Cell(
-            any_row["run"], any_row["run"], "run", dot=(colors or {}).get(any_row["run"], "")
-        )
         out_row = [Cell(f"{arch}/{size}"), num(units.count(params), units.plain(params))]
         if sparse:
             active = next(
                 (r["active_params"] for r in cell.values() if r.get("active_params")), None
             )
             out_row.append(num(units.count(active), units.plain(active)))
-        out_row += [run_cell] if several_runs else []
+        out_row += [Cell(run, run, "run", dot=(colors or {}).get(run, ""))] if several_runs else []
         out_row.append(Cell(config_text(any_row)))
         for mode in modes:
             r = cell.get(mode)
@@ -313,9 +311,9 @@ def main_table(rows: list[dict], colors: dict[str, str] | None = None) -> tuple[
         out_rows.append(out_row)
         row_cls.append("first" if several_runs and (arch, size) != arch_size else "")
         arch_size = (arch, size)
-    names = [m[0] for m in metrics]
+    columns = lead + [m[0] for m in metrics] * len(modes)
     groups = [("", len(lead))] + [(m, len(metrics)) for m in modes]
-    return Table(lead + names * len(modes), out_rows, groups, "main", row_cls), missing
+    return Table(columns, out_rows, groups, "main", row_cls), missing
 
 
 def full_table(rows: list[dict]) -> Table:
