@@ -7,9 +7,9 @@ architectures. A new family is a new file here that calls `register`.
 import importlib
 import pkgutil
 
+from archbench.archs.inputs import InputSpec
 from archbench.archs.registry import (
     ArchSpec,
-    InputSpec,
     Size,
     active_param_count,
     cells,

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from archbench.archs import _logical
-from archbench.archs.registry import InputSpec
+from archbench.archs.inputs import InputSpec
 
 TINY = InputSpec("sequence", (8, 4))
 

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 
 from archbench.archs import _logical
 from archbench.archs._conv import VARIANTS, conv_class
-from archbench.archs.registry import IMAGE_28, MNIST1D, ArchSpec, Size, register
+from archbench.archs.inputs import IMAGE_28, MNIST1D
+from archbench.archs.registry import ArchSpec, Size, register
 
 
 class CNN(nn.Module):

@@ -15,7 +15,8 @@ from archbench.archs._transformer import (
     layer_norm,
     learned_positions,
 )
-from archbench.archs.registry import ArchSpec, InputSpec, Size, register
+from archbench.archs.inputs import InputSpec
+from archbench.archs.registry import ArchSpec, Size, register
 
 
 class GPT(nn.Module):

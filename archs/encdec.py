@@ -9,7 +9,8 @@ import jax.numpy as jnp
 
 from archbench.archs import _logical, _remat
 from archbench.archs._transformer import ATTENTION_VARIANTS, Block, sinusoidal_positions
-from archbench.archs.registry import ArchSpec, InputSpec, Size, register
+from archbench.archs.inputs import InputSpec
+from archbench.archs.registry import ArchSpec, Size, register
 
 
 class Transformer(nn.Module):

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 
 from archbench.archs import _logical, _remat
 from archbench.archs._transformer import ATTENTION_VARIANTS, Block, layer_norm, learned_positions
-from archbench.archs.registry import ROWS_28, ArchSpec, InputSpec, Size, register
+from archbench.archs.inputs import ROWS_28, InputSpec
+from archbench.archs.registry import ArchSpec, Size, register
 
 
 class Encoder(nn.Module):

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 
 from archbench.archs import _logical
 from archbench.archs._recurrent import TINY, VARIANTS, RecurrentClassifier, RecurrentLayer
-from archbench.archs.registry import MNIST1D, ROWS_28, ArchSpec, Size, register
+from archbench.archs.inputs import MNIST1D, ROWS_28
+from archbench.archs.registry import ArchSpec, Size, register
 
 
 class GRULayer(RecurrentLayer):

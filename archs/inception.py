@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from archbench.archs import _conv, _logical
-from archbench.archs.registry import CIFAR, IMAGENET, ArchSpec, InputSpec, Size, register
+from archbench.archs.inputs import CIFAR, IMAGENET, InputSpec
+from archbench.archs.registry import ArchSpec, Size, register
 
 # One Inception module as the columns of Table 1:
 # (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 
 from archbench.archs import _logical
 from archbench.archs._conv import VARIANTS, conv_class
-from archbench.archs.registry import ArchSpec, InputSpec, Size, register
+from archbench.archs.inputs import InputSpec
+from archbench.archs.registry import ArchSpec, Size, register
 
 
 class LeNet5(nn.Module):

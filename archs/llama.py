@@ -22,7 +22,8 @@ from archbench.archs._transformer import (
     decode_position,
     update_kv_cache,
 )
-from archbench.archs.registry import ArchSpec, InputSpec, Size, register
+from archbench.archs.inputs import InputSpec
+from archbench.archs.registry import ArchSpec, Size, register
 
 Initializer = Callable[..., jax.Array]
 # Meta's release gives no initialisation recipe; Hugging Face's LlamaConfig draws every matrix

@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 
 from archbench.archs._recurrent import TINY, VARIANTS, RecurrentClassifier, RecurrentLayer
-from archbench.archs.registry import MNIST1D, ROWS_28, ArchSpec, Size, register
+from archbench.archs.inputs import MNIST1D, ROWS_28
+from archbench.archs.registry import ArchSpec, Size, register
 
 
 def forget_bias_init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from archbench.archs import _logical
-from archbench.archs.registry import ArchSpec, InputSpec, Size, register
+from archbench.archs.inputs import InputSpec
+from archbench.archs.registry import ArchSpec, Size, register
 
 SCANS = ("scan", "assoc")
 REMAT_CHUNK = 16  # time steps between the states the sequential scan keeps for backward

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 
 from archbench.archs import _logical, _remat
 from archbench.archs._transformer import Mlp, layer_norm
-from archbench.archs.registry import CIFAR, IMAGE_28, IMAGENET, ArchSpec, Size, register
+from archbench.archs.inputs import CIFAR, IMAGE_28, IMAGENET
+from archbench.archs.registry import ArchSpec, Size, register
 from archbench.archs.vit import embed_patches
 
 # Flax's default Dense initialiser, the one the released JAX Mixer uses.

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from archbench.archs import _logical
-from archbench.archs.registry import IMAGE_28, MNIST1D, ArchSpec, Size, register
+from archbench.archs.inputs import IMAGE_28, MNIST1D
+from archbench.archs.registry import ArchSpec, Size, register
 
 
 class MLP(nn.Module):

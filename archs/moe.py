@@ -54,8 +54,9 @@ import jax.numpy as jnp
 
 from archbench.archs import _experts, _logical
 from archbench.archs._transformer import ATTENTION_VARIANTS
+from archbench.archs.inputs import InputSpec
 from archbench.archs.llama import INIT, Initializer, Llama
-from archbench.archs.registry import ArchSpec, InputSpec, Size, count_params, register
+from archbench.archs.registry import ArchSpec, Size, count_params, register
 
 # How a block's tokens reach their experts (archs/_experts.py): each is also the implementation
 # variant of the same name (same parameters, same outputs; "capacity" only while no choice

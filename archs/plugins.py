@@ -31,12 +31,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from archbench.archs.inputs import INPUT_KINDS, InputSpec
 from archbench.archs.registry import _REGISTRY as _registry
 from archbench.archs.registry import (
-    INPUT_KINDS,
     TASKS,
     ArchSpec,
-    InputSpec,
     Size,
     UserError,
     before_first_query,

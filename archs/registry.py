@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,70 +13,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from archbench.archs.inputs import InputSpec
 from archbench.errors import UserError, unknown
 
 TASKS = ("classify", "lm", "seq2seq")
-INPUT_KINDS = ("image", "sequence", "tokens", "seq2seq")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What one example looks like.
-
-    kind:
-      image     float (H, W, C)
-      sequence  float (T, F)
-      tokens    int (T,) in [0, vocab_size)
-      seq2seq   int source (S,) and target (T,) in [0, vocab_size); shape is (S, T)
-    """
-
-    kind: str
-    shape: tuple[int, ...]
-    vocab_size: int | None = None
-
-    def __post_init__(self):
-        if self.kind not in INPUT_KINDS:
-            raise ValueError(f"input kind {self.kind!r} not in {INPUT_KINDS}")
-        if self.kind in ("tokens", "seq2seq") and not self.vocab_size:
-            raise ValueError(f"{self.kind} input needs vocab_size")
-
-    def describe(self) -> str:
-        dims = "x".join(map(str, self.shape))
-        if self.kind == "tokens":
-            return f"tokens {dims} (vocab {self.vocab_size})"
-        if self.kind == "seq2seq":
-            return f"seq2seq {self.shape[0]}->{self.shape[1]} (vocab {self.vocab_size})"
-        return f"{self.kind} {dims}"
-
-    @property
-    def tokens_per_example(self) -> int | None:
-        """Positions a sequence model processes per example (None for images)."""
-        if self.kind == "image":
-            return None
-        if self.kind == "seq2seq":
-            return self.shape[1]  # target tokens predicted
-        return self.shape[0]
-
-    def example(self, key: jax.Array, batch: int):
-        """A random batch of inputs: an array, or a dict {src, tgt} for seq2seq."""
-        if self.kind in ("image", "sequence"):
-            return jax.random.normal(key, (batch, *self.shape), jnp.float32)
-        if self.kind == "tokens":
-            return jax.random.randint(key, (batch, *self.shape), 0, self.vocab_size)
-        k_src, k_tgt = jax.random.split(key)
-        src_len, tgt_len = self.shape
-        return {
-            "src": jax.random.randint(k_src, (batch, src_len), 0, self.vocab_size),
-            "tgt": jax.random.randint(k_tgt, (batch, tgt_len), 0, self.vocab_size),
-        }
-
-
-# Inputs several families share, defined once.
-IMAGE_28 = InputSpec("image", (28, 28, 1))  # MNIST, Fashion-MNIST
-ROWS_28 = InputSpec("sequence", (28, 28))  # a 28x28 image read row by row
-MNIST1D = InputSpec("sequence", (40, 1))  # MNIST-1D (Greydanus 2020): 40 steps, 1 feature
-IMAGENET = InputSpec("image", (224, 224, 3))
-CIFAR = InputSpec("image", (32, 32, 3))  # CIFAR-10/100
 
 
 @dataclass(frozen=True)
@@ -138,12 +79,16 @@ class ArchSpec:
             raise UserError(f"unknown variant {name!r} of {self.name}; valid: {valid}")
         return self.variants[name]
 
+    def builder(self, size: str) -> Callable[..., nn.Module]:
+        """The module class with `size`'s config bound, parameters in float32: call it with the
+        compute `dtype` and any field to override (as `build` does)."""
+        return functools.partial(self.module, **self.size(size).config, param_dtype=jnp.float32)
+
     def build(
         self, size: str, dtype=jnp.float32, param_dtype=jnp.float32, **overrides
     ) -> nn.Module:
         """The Linen module of `size`, computing in `dtype` with parameters in `param_dtype`."""
-        config = {**self.size(size).config, **overrides}
-        return self.module(**config, dtype=dtype, param_dtype=param_dtype)
+        return self.builder(size)(dtype=dtype, param_dtype=param_dtype, **overrides)
 
     def num_outputs(self, size: str) -> int:
         """Classes for a classifier, vocabulary for a language or seq2seq model."""

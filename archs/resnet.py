@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from archbench.archs import _conv, _logical, _remat
-from archbench.archs.registry import CIFAR, IMAGENET, ArchSpec, Size, register
+from archbench.archs.inputs import CIFAR, IMAGENET
+from archbench.archs.registry import ArchSpec, Size, register
 
 ModuleDef = Any
 NORM_DTYPES = ("float32", "compute")

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 
 from archbench.archs._recurrent import TINY, VARIANTS, RecurrentClassifier, RecurrentLayer
-from archbench.archs.registry import MNIST1D, ROWS_28, ArchSpec, InputSpec, Size, register
+from archbench.archs.inputs import MNIST1D, ROWS_28, InputSpec
+from archbench.archs.registry import ArchSpec, Size, register
 
 
 def identity_init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 
 from archbench.archs import _logical, _remat
 from archbench.archs._transformer import ATTENTION_VARIANTS, Block, layer_norm, learned_positions
-from archbench.archs.registry import CIFAR, IMAGE_28, IMAGENET, ArchSpec, Size, register
+from archbench.archs.inputs import CIFAR, IMAGE_28, IMAGENET
+from archbench.archs.registry import ArchSpec, Size, register
 
 
 def embed_patches(x: jax.Array, patch: int, width: int, dtype, param_dtype, name: str):

@@ -15,7 +15,7 @@ import pytest
 
 from archbench import archs
 from archbench.archs import _conv
-from archbench.archs.registry import InputSpec
+from archbench.archs.inputs import InputSpec
 from archbench.archs.resnet import CIFAR_STYLE
 from archbench.cli.main import main
 from archbench.engine.aot import compile_only

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import pytest
 
 from archbench import archs
-from archbench.archs.registry import ArchSpec, InputSpec, Size
+from archbench.archs.inputs import InputSpec
+from archbench.archs.registry import ArchSpec, Size
 from archbench.checks import harness as check_harness
 from archbench.engine import autobatch, measure, peaks
 from archbench.engine.measure import Cell

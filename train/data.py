@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from archbench.archs.registry import InputSpec
+from archbench.archs.inputs import InputSpec
 from archbench.errors import UserError, unknown
 from archbench.train import local_data
 

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from archbench import archs
-from archbench.archs.registry import InputSpec
+from archbench.archs.inputs import InputSpec
 from archbench.errors import UserError
 from archbench.train.checkpoint import Checkpoints
 from archbench.train.feed import EpochFeed, batch_shards, on_device, place, warm_up_gathers

@@ -16,7 +16,8 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from archbench.archs.registry import InputSpec, init_variables
+from archbench.archs.inputs import InputSpec
+from archbench.archs.registry import init_variables
 
 Batch = dict[str, Any]
 

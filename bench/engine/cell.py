@@ -15,7 +15,8 @@ import numpy as np
 
 from archbench import archs
 from archbench.archs._remat import REMATS
-from archbench.archs.registry import InputSpec
+from archbench.archs.inputs import InputSpec
+from archbench.archs.registry import Size
 from archbench.engine.fields import AUTO, BY_NAME, FIELDS, ID_CODECS, MODES, NAMES
 from archbench.engine.sharding import batch_axes, mesh_axes
 from archbench.errors import UserError, unknown
@@ -117,15 +118,20 @@ def _positive_int(value) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and value > 0
 
 
-def validate(cell: Cell, devices=None, spec: archs.ArchSpec | None = None) -> None:
+def validate(cell: Cell, devices=None) -> None:
     """Raise archs.UserError, in one line naming the valid choices, if `cell` cannot be measured.
 
     `devices`: those the cell may use (a target topology's, archbench.engine.topology); None:
-    the devices JAX sees here. `spec`: the family's registry spec, if the caller holds it
-    (archbench.engine.plan.resolve); None: looked up."""
-    spec = archs.get(cell.arch) if spec is None else spec
+    the devices JAX sees here."""
+    spec = archs.get(cell.arch)
     size = spec.size(cell.size)
     spec.variant(cell.variant)  # an unknown one: UserError naming the family's variants
+    check(cell, spec, size, devices)
+
+
+def check(cell: Cell, spec: archs.ArchSpec, size: Size, devices=None) -> None:
+    """`validate`'s checks of every field but the size and variant, which the caller has
+    looked up already in `spec` (archbench.engine.plan.resolve), getting `size`."""
     if cell.mode not in MODES:
         raise unknown("mode", cell.mode, MODES)
     if cell.dtype not in DTYPES:
@@ -224,15 +230,18 @@ def batch_shards(cell: Cell) -> int:
     return math.prod(axes[a] for a in batch_axes(cell.sharding, axes))
 
 
-def input_spec(cell: Cell, spec: archs.ArchSpec | None = None) -> InputSpec:
-    """The size's input spec with `cell.seq_len` applied (to source and target for seq2seq);
-    `spec`: the family's registry spec if the caller holds it, else looked up."""
-    spec = (archs.get(cell.arch) if spec is None else spec).size(cell.size).input
-    if cell.seq_len is None:
-        return spec
-    if spec.kind == "seq2seq":
-        return dataclasses.replace(spec, shape=(cell.seq_len, cell.seq_len))
-    return dataclasses.replace(spec, shape=(cell.seq_len, *spec.shape[1:]))
+def input_spec(cell: Cell) -> InputSpec:
+    """The input spec of the cell's size, with `cell.seq_len` applied."""
+    return with_seq_len(archs.get(cell.arch).size(cell.size).input, cell.seq_len)
+
+
+def with_seq_len(inputs: InputSpec, seq_len: int | None) -> InputSpec:
+    """`inputs` at another sequence length (source and target alike for seq2seq); None: as is."""
+    if seq_len is None:
+        return inputs
+    if inputs.kind == "seq2seq":
+        return dataclasses.replace(inputs, shape=(seq_len, seq_len))
+    return dataclasses.replace(inputs, shape=(seq_len, *inputs.shape[1:]))
 
 
 def sequence_length(spec: InputSpec) -> int | None:
@@ -255,7 +264,7 @@ def cell_keys(cell: Cell, spec=None, inputs: InputSpec | None = None, counts=Non
     only). A resolved cell (archbench.engine.plan.Plan.keys) passes its `spec`, `inputs` and
     `counts` (params, active_params); left out, they are looked up and counted here."""
     spec = archs.get(cell.arch) if spec is None else spec
-    inputs = input_spec(cell, spec) if inputs is None else inputs
+    inputs = with_seq_len(spec.size(cell.size).input, cell.seq_len) if inputs is None else inputs
     if counts is None:
         try:
             counts = archs.param_counts(cell.arch, cell.size)

@@ -1,22 +1,25 @@
 """A cell resolved once: everything the registry says of it, looked up and built one time.
 
-`resolve(cell)` validates the cell and fetches its family's spec (the one `archs.get` of a
-cell's way through the engine), then holds what compiling, counting, timing and the record
-need: the size, the input spec with `seq_len` applied, the Linen module, its twins for
-counting (unrolled, the default implementation, without remat: `Plan.twin`, built from the
-spec held here), the number of outputs, the parameter counts (from the plan's own module)
-and the record's identity keys (`Plan.keys`). Everything downstream takes the plan:
+`resolve(cell)` asks the registry in one place (the one `archs.get` of a cell's way through
+the engine, then the size, the variant's fields and the size's builder), checks the cell
+against the answers, then holds what compiling, counting, timing and the record need: the
+size, the input spec with `seq_len` applied, the Linen module, its twins for counting
+(unrolled, the default implementation, without remat: `Plan.twin`, built from the builder
+held here), the number of outputs, the parameter counts (from the plan's own module) and
+the record's identity keys (`Plan.keys`). Everything downstream takes the plan:
 archbench.engine.program.compile_cell, measure, generate, aot, autobatch and outcome.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from archbench import archs
-from archbench.archs.registry import InputSpec, Size
-from archbench.engine.cell import DTYPES, Cell, cell_keys, input_spec, validate
+from archbench.archs.inputs import InputSpec
+from archbench.archs.registry import Size
+from archbench.engine.cell import DTYPES, Cell, cell_keys, check, with_seq_len
 from archbench.errors import Unsupported
 
 
@@ -34,23 +37,24 @@ class Plan:
     size: Size
     inputs: InputSpec  # the size's input with cell.seq_len applied
     variant_fields: dict  # the module fields the cell's implementation variant sets
-    module: Any
-    error: BaseException | None
-    num_outputs: int | None  # classes of a classifier, vocabulary of a language model
-    params: int | None
-    active_params: int | None
+    builder: Callable[..., Any]  # the module class with the size's config (ArchSpec.builder)
+    module: Any = None
+    error: BaseException | None = None
+    num_outputs: int | None = None  # classes of a classifier, vocabulary of a language model
+    params: int | None = None
+    active_params: int | None = None
 
     def twin(self, **fields):
         """The cell's module with `fields` set: `unroll=` (counting every time step),
         `variant=None` (the family's default implementation), `remat="none"`; built from the
-        spec this plan holds, with the cell's dtype, variant and remat unless overridden."""
+        size this plan holds, with the cell's dtype, variant and remat unless overridden."""
         variant = fields.pop("variant", self.cell.variant)
-        variant_fields = self.variant_fields if variant == self.cell.variant else {}
         if variant not in (None, self.cell.variant):
-            variant_fields = self.spec.variant(variant)
+            raise ValueError(f"a twin has the cell's variant or None (the default), not {variant}")
+        variant_fields = self.variant_fields if variant is not None else {}
         remat = {} if self.cell.remat is None else {"remat": self.cell.remat}
         config = {**variant_fields, **remat, **fields}
-        return self.spec.build(self.cell.size, dtype=DTYPES[self.cell.dtype], **config)
+        return self.builder(dtype=DTYPES[self.cell.dtype], **config)
 
     def with_batch(self, batch: int) -> Plan:
         """This plan with another global batch (batch "auto" trying candidates); the caller
@@ -71,11 +75,11 @@ def resolve(cell: Cell, devices=None) -> Plan:
     A model that fails to build or count is no error here: the plan carries the failure.
     """
     spec = archs.get(cell.arch)
-    validate(cell, devices, spec)
-    size = spec.size(cell.size)
-    inputs = input_spec(cell, spec)
-    variant_fields = dict(spec.variant(cell.variant))
-    plan = Plan(cell, spec, size, inputs, variant_fields, None, None, None, None, None)
+    size, variant_fields = spec.size(cell.size), dict(spec.variant(cell.variant))
+    builder = spec.builder(cell.size)
+    check(cell, spec, size, devices)
+    inputs = with_seq_len(size.input, cell.seq_len)
+    plan = Plan(cell, spec, size, inputs, variant_fields, builder)
     try:
         module = plan.twin()
     except Exception as exc:  # a broken model still gets a record, with status "error"
