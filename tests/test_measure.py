@@ -245,11 +245,11 @@ def test_datasheet_lookup_by_device_kind(kind, name):
 
 def test_datasheet_float32_peak_follows_matmul_precision():
     h100 = peaks.datasheet_for("NVIDIA H100 80GB HBM3")
-    assert peaks._datasheet_peak(h100, "bfloat16")[0] == 989.4
-    assert peaks._datasheet_peak(h100, "float32")[0] == 494.7  # TF32 by default
+    assert peaks.datasheet_peak(h100, "bfloat16")[0] == 989.4
+    assert peaks.datasheet_peak(h100, "float32")[0] == 494.7  # TF32 by default
     with jax.default_matmul_precision("highest"):
-        assert peaks._datasheet_peak(h100, "float32")[0] == 66.9
-    assert peaks._datasheet_peak(peaks.datasheet_for("TPU v5 lite"), "float32")[0] == 197.0
+        assert peaks.datasheet_peak(h100, "float32")[0] == 66.9
+    assert peaks.datasheet_peak(peaks.datasheet_for("TPU v5 lite"), "float32")[0] == 197.0
 
 
 def test_device_info_describes_the_machine():

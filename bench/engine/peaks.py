@@ -76,7 +76,8 @@ def datasheet_for(device_kind: str) -> Datasheet | None:
     return None
 
 
-def _datasheet_peak(sheet: Datasheet, dtype: str) -> tuple[float | None, str]:
+def datasheet_peak(sheet: Datasheet, dtype: str) -> tuple[float | None, str]:
+    """(peak TFLOP/s or None, what it is) of `sheet` for matmuls in `dtype` (module docstring)."""
     if dtype == "bfloat16":
         return sheet.bf16, f"{sheet.name}, bf16, dense ({sheet.source})"
     precision = str(jax.config.jax_default_matmul_precision or "default").lower()
@@ -126,7 +127,7 @@ def peak_tflops(device: jax.Device, dtype: str) -> tuple[float | None, str, str]
     """
     sheet = datasheet_for(device.device_kind)
     if sheet is not None:
-        peak, basis = _datasheet_peak(sheet, dtype)
+        peak, basis = datasheet_peak(sheet, dtype)
         return peak, ("datasheet" if peak is not None else "unknown"), basis
     peak, basis = measured_matmul_tflops(dtype, device)
     return peak, "measured-matmul", f"{device.device_kind}: {basis}"
@@ -178,19 +179,33 @@ def bandwidth_for(device_kind: str) -> Bandwidth | None:
 
 
 @functools.cache
-def measured_copy_bandwidth(device: jax.Device, mib: int = 64) -> tuple[float, str]:
-    """Best bytes/s of an elementwise pass over a `mib` MiB float32 array on `device`
-    (read once, written once: 2 * size bytes), measured once per process, best of 5."""
-    n = mib * 2**20 // 4
-    a = jax.device_put(jnp.zeros((n,), jnp.float32), device)
-    copy = jax.jit(lambda x: x + 1.0)  # a plain copy may be elided; this one reads and writes
-    copy(a).block_until_ready()
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        copy(a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n * 4 / best, f"best of 5 passes over a {mib} MiB float32 array (read + write)"
+def measured_copy_bandwidth(device: jax.Device) -> tuple[float, str]:
+    """Best bytes/s of an elementwise pass over a float32 array on `device`, read and written
+    in place (2 * size bytes), measured once per process: the best over arrays of 1 to 64 MiB,
+    five passes each.
+
+    In place (the input donated): a pass that writes a fresh array spends most of its time
+    faulting in new pages, not moving bytes (on a two-core VM, an order of magnitude slower
+    than the same pass in place). Several sizes, as for the matmul peak: XLA's bytes accessed
+    count every operand of every fusion, most of which a CPU serves from its caches, so the
+    roof is the fastest level the pass reaches, not main memory alone; a roof below the best
+    would not bound them (roofline efficiencies above 1).
+    """
+    copy = jax.jit(lambda x: x + 1.0, donate_argnums=0)
+    best_rate, best_mib = 0.0, 0
+    for mib in (1, 4, 16, 64):
+        a = copy(jax.device_put(jnp.zeros((mib * 2**18,), jnp.float32), device))  # warm up
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            a = copy(a)
+            a.block_until_ready()
+            best = min(best, time.perf_counter() - start)
+        if 2 * a.nbytes / best > best_rate:
+            best_rate, best_mib = 2 * a.nbytes / best, mib
+    del a
+    basis = f"best in-place pass over float32 arrays of 1 to 64 MiB (read + write), at {best_mib}"
+    return best_rate, f"{basis} MiB, best of 5"
 
 
 def peak_bandwidth(device: jax.Device) -> tuple[float, str, str]:
@@ -204,3 +219,76 @@ def peak_bandwidth(device: jax.Device) -> tuple[float, str, str]:
         return sheet.tbps * 1e12, "datasheet", f"{sheet.name}, {sheet.tbps} TB/s ({sheet.source})"
     rate, basis = measured_copy_bandwidth(device)
     return rate, "measured-copy", f"{device.device_kind}: {basis}"
+
+
+# ---- interconnect bandwidth (what bounds a collective: the chip's links to its peers) ------------
+#
+# Every figure is bidirectional per chip: the sum over the chip's links of what they carry in
+# both directions, the way both vendors quote it now (Google's TPU pages: "Bidirectional
+# inter-chip interconnect (ICI) bandwidth (per chip)"; NVIDIA: "900 GB/s of bidirectional
+# GPU-to-GPU bandwidth"). Older Google pages gave half of it, one direction, in Gbps (v5e
+# "1600 Gbps" = 200 GB/s). It is the right figure for archbench's communication roof: a
+# collective's result bytes on one device (analysis.collectives) / this figure is a lower
+# bound on its time, since every collective must bring at least half of its result from other
+# chips (an all-gather over p >= 2 chips receives (p-1)/p of it) and a chip receives at half
+# its bidirectional bandwidth at most; reduce-scatter and all-reduce receive more.
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    """Bidirectional chip-to-chip bandwidth per chip of one accelerator, in GB/s (10^9 B/s)."""
+
+    name: str
+    kinds: tuple[str, ...]  # lower-case device_kind substrings, first match wins as above
+    gbps: float | None  # None: no datasheet figure
+    link: str
+    source: str
+
+
+INTERCONNECTS: tuple[Interconnect, ...] = (
+    # NVIDIA H100 Tensor Core GPU datasheet (2023), "Interconnect": SXM NVLink 900 GB/s (18
+    # NVLink 4 links of 50 GB/s, both directions); PCIe and NVL, NVLink bridge 600 GB/s.
+    Interconnect(
+        "NVIDIA H100 PCIe", ("h100 pcie",), 600.0, "NVLink bridge", "NVIDIA H100 datasheet"
+    ),
+    Interconnect("NVIDIA H100 NVL", ("h100 nvl",), 600.0, "NVLink bridge", "NVIDIA H100 datasheet"),
+    Interconnect("NVIDIA H100 SXM5", ("h100",), 900.0, "NVLink 4", "NVIDIA H100 datasheet"),
+    # NVIDIA H200 datasheet (2024): SXM NVLink 900 GB/s; NVL, 2- or 4-way NVLink bridge 900 GB/s.
+    Interconnect("NVIDIA H200", ("h200",), 900.0, "NVLink 4", "NVIDIA H200 datasheet"),
+    # NVIDIA A100 datasheet (2021): SXM NVLink 600 GB/s; PCIe, NVLink bridge for 2 GPUs 600 GB/s.
+    Interconnect("NVIDIA A100", ("a100",), 600.0, "NVLink 3", A100_SHEET),
+    # Google Cloud TPU system architecture pages (cloud.google.com/tpu/docs/v5e, v5p, v6e),
+    # "Bidirectional inter-chip interconnect (ICI) bandwidth (per chip)": 400 / 1,200 / 800 GBps.
+    Interconnect("TPU v5e", ("tpu v5 lite", "tpu v5e"), 400.0, "ICI", "Google Cloud TPU v5e"),
+    Interconnect("TPU v5p", ("tpu v5p", "tpu v5"), 1200.0, "ICI", "Google Cloud TPU v5p"),
+    Interconnect("TPU v6e", ("tpu v6 lite", "tpu v6e"), 800.0, "ICI", "Google Cloud TPU v6e"),
+    # The v4 page gives ICI per pod (all-reduce 1.1 PB/s, bisection 24 TB/s), none per chip.
+    Interconnect("TPU v4", ("tpu v4",), None, "ICI", "Google Cloud TPU v4"),
+)
+
+
+def interconnect_for(device_kind: str) -> Interconnect | None:
+    """The interconnect entry whose substring occurs in `device_kind`, or None ("v4 lite": None)."""
+    kind = device_kind.lower()
+    if "v4 lite" in kind:
+        return None
+    return next((i for i in INTERCONNECTS if any(k in kind for k in i.kinds)), None)
+
+
+def peak_interconnect(device: jax.Device) -> tuple[float | None, str, str]:
+    """Chip-to-chip bandwidth of one `device` in bytes/s, bidirectional per chip.
+
+    Host-simulated devices (CPU, `--xla_force_host_platform_device_count`) have no interconnect:
+    their collectives are copies in the host's memory, so their roof is the host's measured
+    memory bandwidth, shared by all of them (source "host-memory").
+    Returns:
+      (bytes/s or None, source "datasheet" | "host-memory" | "unknown", basis).
+    """
+    if device.platform == "cpu":
+        rate, basis = measured_copy_bandwidth(device)
+        return rate, "host-memory", f"simulated devices, no interconnect: host memory, {basis}"
+    sheet = interconnect_for(device.device_kind)
+    if sheet is None or sheet.gbps is None:
+        return None, "unknown", f"{device.device_kind}: no datasheet figure per chip"
+    basis = f"{sheet.name}, {sheet.link} {sheet.gbps:g} GB/s bidirectional ({sheet.source})"
+    return sheet.gbps * 1e9, "datasheet", basis
