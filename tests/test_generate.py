@@ -138,6 +138,11 @@ def test_generate_cell_through_the_api():
     fraction = r["bandwidth_bytes_per_s"] / r["peak_bandwidth_bytes_per_s"]
     assert r["bandwidth_fraction"] == pytest.approx(fraction)
     assert r["bandwidth_source"] in ("datasheet", "measured-copy") and r["bandwidth_basis"]
+    # the decode step's roofline: one device, no collectives, against its median time
+    bound = r["bytes_per_token"] / r["peak_bandwidth_bytes_per_s"]
+    assert r["memory_bound_s"] == pytest.approx(bound) and r["comm_bound_s"] == 0
+    assert r["roofline_bound_s"] == max(r["compute_bound_s"], r["memory_bound_s"])
+    assert r["roofline_efficiency"] == pytest.approx(r["roofline_bound_s"] / r["step_time_s"])
     assert r["compile_s"] >= r["prefill_compile_s"] + r["decode_compile_s"] - 1e-9
 
 

@@ -65,6 +65,14 @@ def test_gpt_small_compiles_for_v5e_2x2_under_dp_and_fsdp(tmp_path):
         assert r["device_memory_bytes"] == aot.DEVICE_MEMORY["v5e"]  # the chip's, by default
         assert r["fits"] is True
         assert r["flops_per_step"] == pytest.approx(here["flops_per_step"], rel=0.01)
+        # the roofline of one chip of the slice, from the TPU compiler's per-chip counts, on
+        # v5e's datasheet roofs: every strategy communicates, and nothing ran
+        assert r["device_flops_per_step"] >= r["flops_per_step"] / 4
+        for roof in ("compute", "memory", "comm"):
+            assert r[f"{roof}_bound_s"] > 0, roof
+        assert r["comm_bound_s"] == pytest.approx(r["collective_bytes"] / 400e9)
+        assert r["bandwidth_source"] == r["interconnect_source"] == "datasheet"
+        assert r["binding_roof"] and r["roofline_efficiency"] is None
     # parameters and Adam's two moments, float32 (TPU tiles pad small arrays: not at this size)
     state = 3 * 4 * dp["params"]
     assert dp["argument_bytes"] == pytest.approx(state, rel=0.1)

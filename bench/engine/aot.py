@@ -13,6 +13,7 @@ import re
 
 import jax
 
+from archbench.engine import roofline
 from archbench.engine.cell import Cell, batch_shards, with_unit_batch
 from archbench.engine.outcome import RESULT_KEYS, failure
 from archbench.engine.plan import Plan, plan_of
@@ -83,6 +84,11 @@ def compile_only(
     result.update({k: v for k, v in facts.items() if k in result})
     result["status"] = "compiled"
     result["backend"], result["device_kind"] = devices[0].platform, devices[0].device_kind
+    # the bounds from the compiler's own per-device counts, on the target's roofs (a TPU
+    # topology's datasheet figures; this host's measured ones); nothing ran, so no efficiency
+    roofs, sources = roofline.measured_roofs(devices[0], plan.cell.dtype)
+    counts = (facts[k] for k in ("device_flops_per_step", "bytes_per_step", "collective_bytes"))
+    result.update(roofline.record_keys(*counts, plan.cell.devices, roofs, sources))
     if device_memory is not None:
         result["device_memory_bytes"] = device_memory
         needed = result["compiled_bytes"]

@@ -43,10 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from archbench import archs
-from archbench.engine import analysis, jaxpr_cost
+from archbench.engine import analysis, jaxpr_cost, roofline
 from archbench.engine.cell import Cell
 from archbench.engine.outcome import RESULT_KEYS, failure
-from archbench.engine.peaks import peak_bandwidth, peak_tflops
+from archbench.engine.peaks import peak_tflops
 from archbench.engine.plan import Plan, plan_of
 from archbench.engine.timing import high_water_mark, lower_and_compile, time_rounds
 
@@ -197,7 +197,7 @@ def summarize(gen: Generation) -> dict:
     flops, accessed = facts["flops_per_token"], facts["bytes_per_token"]
     tflops_per_s = flops / median / 1e12 if flops is not None else None
     peak, peak_source, peak_basis = peak_tflops(gen.device, cell.dtype)
-    bandwidth, bandwidth_source, bandwidth_basis = peak_bandwidth(gen.device)
+    roofs, sources = roofline.measured_roofs(gen.device, cell.dtype)
     achieved = _ratio(accessed, median)
     device_peak = analysis.device_peak_bytes([gen.device])
     result = {
@@ -234,10 +234,9 @@ def summarize(gen: Generation) -> dict:
         "decode_token_iqr_s": float(q3 - q1),
         "decode_tokens_per_s": cell.batch / median,
         "bandwidth_bytes_per_s": achieved,
-        "peak_bandwidth_bytes_per_s": bandwidth,
-        "bandwidth_fraction": _ratio(achieved, bandwidth),
-        "bandwidth_source": bandwidth_source,
-        "bandwidth_basis": bandwidth_basis,
+        "bandwidth_fraction": _ratio(achieved, roofs.memory_bytes_per_s),
+        # the decode step's roofline (one device, no collectives), against its median time
+        **roofline.record_keys(flops, accessed, 0, 1, roofs, sources, median),
     }
     return {key: result.get(key) for key in RESULT_KEYS}
 

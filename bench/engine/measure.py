@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from archbench.engine import analysis
+from archbench.engine import analysis, roofline
 from archbench.engine.cell import (
     DTYPES,
     MODES,
@@ -208,6 +208,18 @@ def summarize(plan: Plan | Cell, prepared: Prepared, round_times_s: list[float])
         "device_memory_bytes": None,  # what --compile-only --device-memory checks a fit against
         "fits": None,
     }
+    roofs, sources = roofline.measured_roofs(device, cell.dtype)
+    result.update(
+        roofline.record_keys(
+            facts["device_flops_per_step"],
+            facts["bytes_per_step"],
+            facts["collective_bytes"],
+            cell.devices,
+            roofs,
+            sources,
+            median,
+        )
+    )
     return {key: result.get(key) for key in RESULT_KEYS}
 
 

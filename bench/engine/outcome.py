@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import jax
 
+from archbench.engine import roofline
 from archbench.engine.cell import IDENTITY_KEYS, Cell, cell_keys
 from archbench.engine.jaxpr_cost import KEYS as JAXPR_KEYS
 from archbench.engine.plan import Plan
 from archbench.errors import Unsupported
 
-# Mode "generate" (archbench.engine.generate); None in the results of other modes.
+# Mode "generate" (archbench.engine.generate); None in the results of other modes. Its memory
+# bandwidth (peak_bandwidth_bytes_per_s, bandwidth_source, bandwidth_basis) is the roofline's.
 GENERATE_KEYS = (
     *("prefill_s", "prefill_compile_s", "decode_compile_s"),
     *("decode_token_s", "decode_token_iqr_s", "decode_tokens_per_s", "cache_bytes"),
-    *("flops_per_token", "bytes_per_token", "bandwidth_bytes_per_s"),
-    *("peak_bandwidth_bytes_per_s", "bandwidth_fraction", "bandwidth_source", "bandwidth_basis"),
+    *("flops_per_token", "bytes_per_token", "bandwidth_bytes_per_s", "bandwidth_fraction"),
 )
 # Files written beside the results on request (archbench.matrix.artifacts): the optimized HLO
 # of the step (of the decode step for generate, whose prefill has its own), a jax.profiler
@@ -44,6 +45,9 @@ RESULT_KEYS = tuple(dict.fromkeys((
     *("opt_state_bytes", "opt_state_bytes_per_param"),
     # jax.experimental.roofline's count of the step's jaxpr beside XLA's (engine.jaxpr_cost)
     *JAXPR_KEYS,
+    # The roofline (archbench.engine.roofline): three lower bounds on the step time, the roofs
+    # they come from, and the measured step time's efficiency against the largest.
+    *roofline.KEYS,
     *GENERATE_KEYS,
     *ARTIFACT_KEYS,
 )))  # fmt: skip

@@ -100,7 +100,10 @@ def _abstract(tree):
 
 
 def _cost_facts(plan: Plan, step_fn, args, lowered, compiled):
-    """FLOPs and bytes of one global step (all devices together). A module with an `unroll`
+    """FLOPs and bytes of one global step (all devices together), and the FLOPs one device
+    executes (device_flops_per_step: the partitioned program's own count, which repeats a
+    replicated optimizer update on every device; a global count / devices where the step is
+    counted unrolled, before partitioning). A module with an `unroll`
     field (the recurrent families pass it to lax.scan) is lowered again with unroll = sequence
     length, so every time step is counted; that lowering is analysed before XLA's fusion, so
     its bytes are an upper bound ("xla-unrolled-prefusion")."""
@@ -113,11 +116,13 @@ def _cost_facts(plan: Plan, step_fn, args, lowered, compiled):
         lowered_u = step_fn.lower(*abstract)
         stage = lowered_u if lowered_u.cost_analysis() is not None else lowered_u.compile()
         flops, accessed = analysis.cost(stage)
+        device_flops = None if flops is None else flops / cell.devices  # a global count
         source = "xla-unrolled"
         bytes_source = "xla-unrolled-prefusion" if stage is lowered_u else "xla-unrolled"
         loops = analysis.loop_undercount(step_fn.trace(*abstract).jaxpr)
     else:
         flops, accessed = analysis.cost(compiled)
+        device_flops = flops  # the compiled program is one device's
         if cell.devices > 1:
             # The partitioned executable is one device's program, with the replicated optimizer
             # update repeated on every device. FLOPs: the unpartitioned step's (the model's
@@ -136,6 +141,7 @@ def _cost_facts(plan: Plan, step_fn, args, lowered, compiled):
         model_flops = _model_flops(plan, step_fn, args, unroll)
     return {
         "flops_per_step": flops,
+        "device_flops_per_step": device_flops,
         "model_flops_per_step": model_flops,
         "bytes_per_step": accessed,
         # A loop of matmuls is left, its body counted once: the FLOPs are too low.
