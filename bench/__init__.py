@@ -46,7 +46,11 @@ from archbench.errors import UserError
 __all__ = [
     *("ArchSpec", "UserError", "__version__", "active_param_count", "get", "list_archs"),
     *("measure", "param_count"),
-    *("load", "plot"),  # results as a DataFrame, the report's plots: README "In a notebook"
+    *(
+        "load",
+        "plot",
+        "roofline",
+    ),  # results as DataFrames, the report's plots: README "In a notebook"
     "register",
     "Size",
     "InputSpec",
@@ -167,7 +171,7 @@ def load(*files):
     return pd.DataFrame(rows, columns=results.columns(rows))
 
 
-def plot(data, name: str | None = None):
+def plot(data, name: str | None = None, roofline: str | None = None):
     """The report's plots of results files or of `load`'s DataFrame, as matplotlib Figures.
 
         figs = archbench.plot("cpu.json")     # {"throughput": Figure, "step_time_vs_params": ...}
@@ -178,17 +182,21 @@ def plot(data, name: str | None = None):
         Files get the report's run labels; a DataFrame one run per source file.
       name: one plot: throughput, step_time_vs_params, step_time_vs_batch, memory_vs_batch,
         step_time_vs_seq_len, step_time_vs_devices, memory_vs_devices, generation_vs_prompt_len,
-        generation_vs_batch. None: every plot the data has (a dict by name).
+        generation_vs_batch, roofline. None: every plot the data has (a dict by name).
+      roofline: accelerators ("h100,v5e") the roofline plot also shows each cell's bound on.
     Raises:
-      UserError for an unknown name, or a plot the data cannot draw (saying why).
+      UserError for an unknown name or accelerator, or a plot the data cannot draw (saying why).
     """
     import matplotlib
 
+    from archbench.engine.roofline import accelerator_names
+
+    names = accelerator_names(roofline) if roofline else ()
     backend = matplotlib.get_backend()  # the report's plots module selects Agg on import;
     try:  # a notebook keeps its own backend (inline) for everything else
         from archbench.report import notebook
 
-        drawn = notebook.figures(data)
+        drawn = notebook.figures(data, names)
     finally:
         if matplotlib.get_backend() != backend:
             matplotlib.use(backend)
@@ -199,3 +207,32 @@ def plot(data, name: str | None = None):
     if getattr(drawn[name], "figure", None) is None:
         raise UserError(f"plot {name!r}: skipped, {drawn[name].reason}")
     return drawn[name].figure
+
+
+def roofline(data, accelerators: str | None = None):
+    """Each cell's roofline as a pandas DataFrame: its bounds on the device it ran on, and on
+    each accelerator named, one row per cell and accelerator.
+
+        archbench.roofline("cpu.json", "h100,v5e")
+
+    Columns: the cell (cell_id, run, arch, size, mode, batch, dtype, devices, family), the
+    accelerator, `basis` ("measured", "compiled": compiled only, or "bound, not measured": a
+    projection onto an accelerator's datasheet roofs), arithmetic_intensity (FLOPs/byte), the
+    three bounds (compute_bound_s, memory_bound_s, comm_bound_s), roofline_bound_s (the
+    largest), roofline_serial_s (their sum), binding_roof, and, for measured rows only,
+    step_time_s and roofline_efficiency (bound / step time). archbench.engine.roofline says how.
+
+    Args:
+      data: a results file, a list of them, or `load`'s DataFrame.
+      accelerators: a comma list of names (`archbench report --roofline`'s); None: none.
+    Raises:
+      UserError for an unknown accelerator (naming the known ones) or a bad results file.
+    """
+    import pandas as pd
+
+    from archbench.engine.roofline import accelerator_names
+    from archbench.report.notebook import rows_of
+    from archbench.report.roofline import entries
+
+    names = accelerator_names(accelerators) if accelerators else ()
+    return pd.DataFrame(entries(rows_of(data), names))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from archbench.cli.main import main
 from archbench.matrix import results
+from archbench.report import roofline
 
 OLD = Path(__file__).parent / "fixtures" / "results-v0.1-jax0.10.json"
 
@@ -22,9 +23,15 @@ def test_old_file_flattens_and_reports(tmp_path):
     )
     assert {r["status"] for r in rows} == {"ok"}
     html, csv = tmp_path / "r.html", tmp_path / "r.csv"
-    assert main(["report", str(OLD), "-o", str(html), "--csv", str(csv)]) == 0
+    argv = ["report", str(OLD), "-o", str(html), "--csv", str(csv), "--roofline", "h100"]
+    assert main(argv) == 0
     text = html.read_text()
     assert "gpt" in text and "mlp" in text and "0.10.2" in text
+    # no bandwidth recorded: no roofline of its own, but bounds on an H100 from its counts
+    found = roofline.entries(rows, ["h100"])
+    assert [e["basis"] for e in found] == [roofline.PROJECTED] * len(rows)
+    assert all(e["roofline_bound_s"] > 0 and e["step_time_s"] is None for e in found)
+    assert 'id="roofline"' in text and "bound on h100 (not measured)" in text
     assert len(csv.read_text().splitlines()) == 1 + len(rows)
 
 

@@ -174,9 +174,11 @@ PROBE = """<script>addEventListener("load", () => {
   const box = e => { const r = e.getBoundingClientRect(); return [r.width, r.height]; };
   const report = {
     images: [...document.images].map(i => [i.naturalWidth, i.naturalHeight, ...box(i)]),
+    alts: [...document.images].map(i => i.alt),
     svgs: [...document.querySelectorAll("svg")].map(box),
     rows: [...document.querySelectorAll("table.main tbody tr:not(.famrow)")].map(
       tr => tr.cells[0].textContent),
+    roofline: document.querySelectorAll("table.roofline").length,
     main: [document.querySelector("table.main").scrollWidth,
            document.querySelector("table.main").closest(".scroll").clientWidth],
   };
@@ -200,7 +202,8 @@ def chromium(tmp_path, *args) -> subprocess.CompletedProcess:
 def test_report_in_headless_chromium(tmp_path):
     expected = {(r["source"], r["arch"], r["size"]) for r in results.flat_rows(SAMPLES)}
     html_path = tmp_path / "report.html"
-    assert main(["report", *map(str, SAMPLES), "-o", str(html_path)]) == 0
+    argv = ["report", *map(str, SAMPLES), "-o", str(html_path), "--roofline", "h100,v5e"]
+    assert main(argv) == 0
     probed = tmp_path / "probed.html"
     probed.write_text(html_path.read_text().replace("</body>", PROBE + "</body>"))
 
@@ -211,6 +214,8 @@ def test_report_in_headless_chromium(tmp_path):
     assert len(probe) == 1 and len(console) == 1, console  # nothing else logged: no errors
     report = json.loads(probe[0].split("archbench-probe ", 1)[1].rsplit('", source:', 1)[0])
     assert len(report["images"]) >= 3
+    assert report["roofline"] >= 2  # the bounds on each accelerator, with the roofline plot
+    assert any(alt == "Roofline" for alt in report["alts"])
     for natural_w, natural_h, w, h in report["images"]:
         assert min(natural_w, natural_h, w, h) > 0
     assert all(w > 0 and h > 0 for w, h in report["svgs"])

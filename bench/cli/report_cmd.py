@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from archbench.engine.roofline import ACCELERATORS, accelerator_names
 from archbench.errors import UserError
 from archbench.matrix import results
 from archbench.report.document import write_report
@@ -49,6 +50,12 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--md", metavar="FILE", help="Markdown report; plots go to <stem>_files/")
     p.add_argument(
+        "--roofline",
+        metavar="NAMES",
+        help="also each cell's roofline bound on these accelerators, e.g. h100,v5e "
+        f"(bounds, not measured; known: {', '.join(ACCELERATORS)})",
+    )
+    p.add_argument(
         "--runs",
         nargs="+",
         default=[],
@@ -77,7 +84,7 @@ def write_reports(args, default_html: bool = True) -> int:
     for option, target in (("-o", html_out), ("--md", args.md)):
         check_output(option, target, args.files)
     try:
-        written = write_report(args.files, html_out, args.md, args.runs)
+        written = write_report(args.files, html_out, args.md, args.runs, _accelerators(args))
     except OSError as e:  # a plot beside --md on a full disk (the reports: results.WriteError)
         raise UserError(f"{e.filename or args.md}: cannot write it ({e.strerror or e})") from None
     for path in written:
@@ -105,6 +112,23 @@ def _fmt(value):
     return f"{value:.4g}" if isinstance(value, float) else value
 
 
+def _accelerators(args) -> list[str]:
+    return accelerator_names(args.roofline) if getattr(args, "roofline", None) else []
+
+
+ROOFLINE_COLUMNS = ["cell_id", "accelerator", "basis", "binding_roof", "roofline_bound_s"]
+ROOFLINE_COLUMNS += ["step_time_s", "roofline_efficiency"]
+
+
+def roofline_text(rows: list[dict], names: list[str]) -> str:
+    """Each cell's roofline on its own device (measured, or compiled only) and its bounds on
+    the accelerators `names`, one line each: bounds and measured times in columns apart."""
+    from archbench.report.roofline import entries
+
+    found = [{k: _fmt(e.get(k)) for k in ROOFLINE_COLUMNS} for e in entries(rows, names)]
+    return format_table(found, ROOFLINE_COLUMNS)
+
+
 def text_table(rows: list[dict]) -> str:
     """The flat rows as a terminal table; "variant" and "remat" columns where any row has one."""
     columns = list(TABLE_COLUMNS)
@@ -125,6 +149,7 @@ OUTPUTS: list[tuple[str, Callable[[list[dict], object], None]]] = [
 
 
 def run(args) -> int:
+    names = _accelerators(args)  # an unknown accelerator: one line, before any output
     chosen = [(name, writer) for name, writer in OUTPUTS if getattr(args, name, None)]
     for name, _ in chosen:  # never write a report over one of its inputs
         target = getattr(args, name)
@@ -134,6 +159,8 @@ def run(args) -> int:
     rows = results.flat_rows(args.files)  # a bad file: UserError naming it, before any output
     for name, writer in chosen:
         writer(rows, getattr(args, name))
+    if names and args.table:
+        print(roofline_text(rows, names))
     if wants_report:
         return write_reports(args)
     return 0

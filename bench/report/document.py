@@ -7,6 +7,7 @@ opens offline; the Markdown file has the same tables, with the plots as SVG file
 Comparison first: one card per run with its speedup over the first; the speedup per family
 and per architecture; the main table, one row per architecture and size, train and infer side
 by side; the plots; sharding strategies; generation (prefill, then decoding token by token);
+the roofline (which roof binds each cell, its efficiency, its bounds on other accelerators);
 rematerialisation (train cells with --remat against none);
 training curves; links to profiler traces and HLO files; each run's environment; failed cells; and, folded, every flat row with every
 number.
@@ -199,11 +200,13 @@ def plot_figures(rows: list[dict], labels: list[str]) -> list:
     ]
 
 
-def build_sections(runs: list[Run], training_dirs=()) -> list:
-    """Everything the report shows, in order, whatever the output format."""
+def build_sections(runs: list[Run], training_dirs=(), roofline=()) -> list:
+    """Everything the report shows, in order, whatever the output format; `roofline`: the
+    accelerators (archbench.engine.roofline.ACCELERATORS) to project every cell's bound onto."""
     from archbench.report import curves, profiles, tables
     from archbench.report.operations import operations_section
     from archbench.report.render import Details, Section
+    from archbench.report.roofline import roofline_section
 
     rows = [r for run in runs for r in run.rows]
     labels = [run.label for run in runs]
@@ -216,6 +219,9 @@ def build_sections(runs: list[Run], training_dirs=()) -> list:
     sections.append(_main_section(runs, rows))
     sections.append(Section("Plots", "plots", plot_figures(rows, labels)))
     sections += _optional_sections(rows, labels)
+    roofs = roofline_section(rows, labels, roofline)
+    if roofs is not None:
+        sections.append(roofs)
     if training_dirs:
         truns = [curves.load_training_run(d) for d in curves.find_run_dirs(training_dirs)]
         blocks = [curves.training_table(truns), *(curves.curves_figure(t) for t in truns)]
@@ -289,6 +295,9 @@ def _optional_sections(rows: list[dict], labels: list[str]) -> list:
         )
         figures = generation.generation_figures(rows, labels)
         sections.append(Section("Generation", "generation", [note, generated, *figures]))
+    roofs = roofline_section(rows, labels, roofline)
+    if roofs is not None:
+        sections.append(roofs)
     rematerialised = remat.remat_table(rows)
     if rematerialised is not None:
         sections.append(Section("Rematerialisation", "remat", [remat.NOTE, rematerialised]))
@@ -306,7 +315,7 @@ def _optional_sections(rows: list[dict], labels: list[str]) -> list:
 # ---- entry points -----------------------------------------------------------------------------
 
 
-def write_report(paths, html_out=None, md_out=None, training_dirs=()) -> list[Path]:
+def write_report(paths, html_out=None, md_out=None, training_dirs=(), roofline=()) -> list[Path]:
     """Read the results files `paths`; write the HTML and/or Markdown report.
 
     Args:
@@ -314,13 +323,14 @@ def write_report(paths, html_out=None, md_out=None, training_dirs=()) -> list[Pa
       html_out: the HTML file, or None.
       md_out: the Markdown file, or None; its plots go to <stem>_files/ beside it.
       training_dirs: run directories (or parents of them) whose metrics.jsonl to plot.
+      roofline: accelerator names to project every cell's roofline bound onto.
     Returns:
       The files written.
     """
     from archbench.report import render
 
     runs = load_runs(paths)
-    sections = build_sections(runs, training_dirs)
+    sections = build_sections(runs, training_dirs, roofline)
     title = "archbench report: " + " vs ".join(run.label for run in runs)
     files = sum(len(r.paths) or 1 for r in runs)
     subtitle = f"{files} results file(s): " + ", ".join(r.names for r in runs)

@@ -38,20 +38,31 @@ def rows_from_frame(frame) -> list[dict]:
     return rows
 
 
-def figures(data) -> dict:
+def rows_of(data) -> list[dict]:
+    """Flat rows with run labels from a results file, a list of them, or a DataFrame."""
+    from archbench.report import document
+
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # a pandas DataFrame
+        return rows_from_frame(data)
+    paths = [data] if isinstance(data, str | Path) else list(data)
+    return [r for run in document.load_runs(paths) for r in run.rows]
+
+
+def figures(data, roofline=()) -> dict:
     """Every plot of the report, by name: a plots.Figure (its matplotlib Figure in `.figure`),
     or a plots.Skipped saying why the data cannot draw it.
 
     Args:
       data: a results file, a list of them, or a DataFrame of flat rows.
+      roofline: accelerators (archbench.engine.roofline.ACCELERATORS) the roofline plot also
+        shows every cell's bounds on.
     """
     from archbench.report import document, generation
+    from archbench.report.roofline import entries
+    from archbench.report.roofline_plot import roofline_figure
 
-    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # a pandas DataFrame
-        rows = rows_from_frame(data)
-    else:
-        paths = [data] if isinstance(data, str | Path) else list(data)
-        rows = [r for run in document.load_runs(paths) for r in run.rows]
+    rows = rows_of(data)
     labels = list(dict.fromkeys(r["run"] for r in rows))
     drawn = [*document.plot_figures(rows, labels), *generation.generation_figures(rows, labels)]
+    drawn.append(roofline_figure(entries(rows, roofline)))
     return {f.name: f for f in drawn}
