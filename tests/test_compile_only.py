@@ -77,7 +77,7 @@ def test_run_compile_only_records_memory_and_fit_and_resumes(tmp_path, capsys):
     # its roofline on this host's roofs, from the compiled step's counts; nothing ran
     assert row["roofline_bound_s"] == max(row[f"{k}_bound_s"] for k in ("compute", "memory"))
     assert row["binding_roof"] in ("compute", "memory") and row["comm_bound_s"] == 0
-    assert row["roofline_efficiency"] is None
+    assert row["roofline_efficiency"] is None and row["peak_source"] == "measured-matmul"
     assert "1 compiled only (0 of 1 fit the device memory)" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0  # a compiled cell is done: nothing runs again
     assert "already in" in capsys.readouterr().err

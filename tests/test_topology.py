@@ -71,7 +71,8 @@ def test_gpt_small_compiles_for_v5e_2x2_under_dp_and_fsdp(tmp_path):
         for roof in ("compute", "memory", "comm"):
             assert r[f"{roof}_bound_s"] > 0, roof
         assert r["comm_bound_s"] == pytest.approx(r["collective_bytes"] / 400e9)
-        assert r["bandwidth_source"] == r["interconnect_source"] == "datasheet"
+        assert r["bandwidth_source"] == r["interconnect_source"] == r["peak_source"] == "datasheet"
+        assert r["compute_bound_s"] == pytest.approx(r["device_flops_per_step"] / 197e12)
         assert r["binding_roof"] and r["roofline_efficiency"] is None
     # parameters and Adam's two moments, float32 (TPU tiles pad small arrays: not at this size)
     state = 3 * 4 * dp["params"]

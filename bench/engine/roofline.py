@@ -90,8 +90,8 @@ def _div(a, b):
 
 def measured_roofs(device: jax.Device, dtype: str) -> tuple[Roofs, dict]:
     """The roofs of `device` (datasheet, else measured on it) and the record's keys saying
-    what each figure is."""
-    peak, _, _ = peaks.peak_tflops(device, dtype)
+    what each figure is (the peak's among them: a cell compiled only has no other)."""
+    peak, peak_source, peak_basis = peaks.peak_tflops(device, dtype)
     memory, memory_source, memory_basis = peaks.peak_bandwidth(device)
     link, link_source, link_basis = peaks.peak_interconnect(device)
     roofs = Roofs(
@@ -102,6 +102,7 @@ def measured_roofs(device: jax.Device, dtype: str) -> tuple[Roofs, dict]:
         shared=device.platform == "cpu",
     )
     sources = {
+        **{"peak_tflops": peak, "peak_source": peak_source, "peak_basis": peak_basis},
         "peak_bandwidth_bytes_per_s": memory,
         "bandwidth_source": memory_source,
         "bandwidth_basis": memory_basis,

@@ -138,7 +138,10 @@ _NUMBERS = ("batch", "devices", "seq_len", "prompt_len", "gen_len", "params")
 _NUMBERS += ("flops_per_step", "step_time_s", "step_time_iqr_s", "samples_per_s")
 _NUMBERS += ("tokens_per_s", "tflops_per_s", "mfu", "lower_s", "compile_s")
 _NUMBERS += ("compiled_bytes", "peak_bytes")
-_TEXTS = ("arch", "size", "mode", "dtype", "status", "error", "cell_id")
+_NUMBERS += ("device_flops_per_step", "bytes_per_step", "collective_bytes", "peak_tflops")
+_NUMBERS += ("arithmetic_intensity", "roofline_bound_s", "roofline_efficiency")
+_NUMBERS += ("compute_bound_s", "memory_bound_s", "comm_bound_s", "peak_bandwidth_bytes_per_s")
+_TEXTS = ("arch", "size", "mode", "dtype", "status", "error", "cell_id", "binding_roof")
 
 
 def _row_problem(row: dict) -> str | None:
