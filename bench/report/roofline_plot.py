@@ -49,7 +49,7 @@ def point(e: dict) -> tuple[float, float, bool] | None:
 
 
 def _flops_axis(axis) -> None:
-    axis.set_major_locator(LogLocator(base=10, numticks=8))
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
     axis.set_major_formatter(FuncFormatter(lambda v, _: units.count(v, "FLOP/s")))
     axis.set_minor_formatter(NullFormatter())
 
