@@ -10,9 +10,8 @@ of its own, never a step time's column.
 Rows of the section: `entries(rows, names)` gives one flat entry per cell and roof set, with
 `basis` "measured" (the record's own roofline, on the device it ran on), "compiled" (compiled
 only: bounds, no step time) or "bound, not measured" (a projection); archbench.roofline
-returns the same entries as a DataFrame. EXTRA_COLUMNS are optional columns of the measured
-table, shown where any row has the key: an independent FLOP count of the same step
-(jax.experimental.roofline) goes there, a per-operation profile in a section after this one.
+returns the same entries as a DataFrame. The jaxpr's own FLOP count and the per-operation
+rooflines of profiled cells have sections of their own (counts, operations).
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ from archbench.report.tables import SHORT_DTYPES, Cell, Table, num
 MEASURED, COMPILED, PROJECTED = "measured", "compiled", "bound, not measured"
 BOUND_KEYS = ("arithmetic_intensity", "compute_bound_s", "memory_bound_s", "comm_bound_s")
 BOUND_KEYS += ("roofline_bound_s", "roofline_serial_s", "binding_roof")
-# (record key, column header, tooltip) of optional columns of the measured table
-EXTRA_COLUMNS: list[tuple[str, str, str]] = []
 ENTRY_KEYS = ("cell_id", "run", "arch", "size", "mode", "batch", "dtype", "devices", "family")
 
 
@@ -103,16 +100,13 @@ def _bounds(e: dict) -> list[Cell]:
 BOUND_COLUMNS = ["FLOP/B", "compute", "memory", "comm.", "bound", "no overlap", "binds"]
 
 
-def measured_table(found: list[dict], rows: list[dict]) -> Table | None:
+def measured_table(found: list[dict]) -> Table | None:
     """The cells' own rooflines: bounds on the device they ran on, step time, efficiency."""
     mine = [e for e in found if e["basis"] != PROJECTED]
     if not mine:
         return None
-    extras = [c for c in EXTRA_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
-    by_id = {(r.get("run"), r.get("cell_id")): r for r in rows}
     out = []
     for e in mine:
-        r = by_id.get((e["run"], e["cell_id"]), {})
         efficiency = e.get("roofline_efficiency")
         out.append(
             [
@@ -125,11 +119,10 @@ def measured_table(found: list[dict], rows: list[dict]) -> Table | None:
                     "bound / measured step time",
                     "num" if efficiency is not None and efficiency <= 1 else "fail",
                 ),
-                *(num(units.plain(r.get(key)), tip) for key, _, tip in extras),
             ]
         )
     columns = ["run", "cell", *BOUND_COLUMNS, "step time", "efficiency"]
-    return Table([*columns, *(head for _, head, _ in extras)], out, cls="roofline")
+    return Table(columns, out, cls="roofline")
 
 
 def projection_table(found: list[dict], name: str) -> Table | None:
@@ -162,7 +155,7 @@ def roofline_section(rows: list[dict], labels: list[str], names=()):
     if not found:
         return None
     blocks = [NOTE]
-    table = measured_table(found, rows)
+    table = measured_table(found)
     if table is not None:
         blocks.append(table)
     for name in names:
