@@ -206,7 +206,6 @@ def build_sections(runs: list[Run], training_dirs=(), roofline=()) -> list:
     from archbench.report import curves, profiles, tables
     from archbench.report.operations import operations_section
     from archbench.report.render import Details, Section
-    from archbench.report.roofline import roofline_section
 
     rows = [r for run in runs for r in run.rows]
     labels = [run.label for run in runs]
@@ -218,10 +217,7 @@ def build_sections(runs: list[Run], training_dirs=(), roofline=()) -> list:
         sections.append(_speedup_section(runs, comparisons))
     sections.append(_main_section(runs, rows))
     sections.append(Section("Plots", "plots", plot_figures(rows, labels)))
-    sections += _optional_sections(rows, labels)
-    roofs = roofline_section(rows, labels, roofline)
-    if roofs is not None:
-        sections.append(roofs)
+    sections += _optional_sections(rows, labels, roofline)
     if training_dirs:
         truns = [curves.load_training_run(d) for d in curves.find_run_dirs(training_dirs)]
         blocks = [curves.training_table(truns), *(curves.curves_figure(t) for t in truns)]
@@ -265,12 +261,13 @@ def _main_section(runs: list[Run], rows: list[dict]):
     return Section("Architectures", "main", [note, main])
 
 
-def _optional_sections(rows: list[dict], labels: list[str]) -> list:
+def _optional_sections(rows: list[dict], labels: list[str], roofline=()) -> list:
     """The sections shown only where some row has what they show: sharding strategies,
     generation, rematerialisation, the two FLOP counts, and each field with keys to compare
     (archbench.report.axes)."""
     from archbench.report import axes, counts, generation, remat, strategies
     from archbench.report.render import Section
+    from archbench.report.roofline import roofline_section
 
     sections = []
     sharded = strategies.strategy_table(rows)
