@@ -263,9 +263,8 @@ def _main_section(runs: list[Run], rows: list[dict]):
 
 def _optional_sections(rows: list[dict], labels: list[str], roofline=()) -> list:
     """The sections shown only where some row has what they show: sharding strategies,
-    generation, the roofline, rematerialisation, the two FLOP counts, and each field with keys to
-    compare
-    (archbench.report.axes)."""
+    generation, the roofline, rematerialisation, the two FLOP counts, and each field with keys
+    to compare (archbench.report.axes)."""
     from archbench.report import axes, counts, generation, remat, strategies
     from archbench.report.render import Section
     from archbench.report.roofline import roofline_section
