@@ -286,6 +286,24 @@ def test_collectives_are_read_from_hlo_text_with_tuples():
     assert found["reduce-scatter"] == {"count": 0, "bytes": 0}
 
 
+def test_a_collective_split_over_tpu_async_fusions_is_counted_once():
+    # XLA's TPU compiler puts a copy of one asynchronous all-gather (one channel_id) in its
+    # start fusion, in each fusion that overlaps it with compute, and in its done fusion.
+    piece = (
+        "  %all-gather.{n} = bf16[8,1024,64]{{1,2,0:T(8,128)(2,1)}} all-gather(%param_0.{n}), "
+        "channel_id=578, replica_groups=mesh['axis_0'=4] {{'axis_0'}}, dimensions={{0}}\n"
+    )
+    hlo = "".join(piece.format(n=n) for n in range(4)) + (
+        "  %all-gather.9 = bf16[8,1024,64]{1,2,0} all-gather(%p), channel_id=579, dimensions={0}\n"
+        "  %all-reduce.1 = f32[16]{0} all-reduce(%q), channel_id=578, to_apply=%add\n"
+        "  %all-reduce.2 = f32[16]{0} all-reduce(%r), to_apply=%add\n"
+        "  %all-reduce.3 = f32[16]{0} all-reduce(%s), to_apply=%add\n"
+    )
+    found = analysis.collectives(hlo)
+    assert found["all-gather"] == {"count": 2, "bytes": 2 * 2 * 8 * 1024 * 64}
+    assert found["all-reduce"] == {"count": 3, "bytes": 3 * 4 * 16}  # no channel: each counts
+
+
 def test_report_has_a_strategy_table_with_efficiency_and_a_memory_plot(tmp_path):
     from archbench.cli.main import main
     from tests.test_compare import make_row, write_results

@@ -124,6 +124,7 @@ _COLLECTIVE = re.compile(
     + "|".join(COLLECTIVES)
     + r")(?P<start>-start)?\("
 )
+_CHANNEL = re.compile(r"\bchannel_id=(\d+)")
 _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 
 
@@ -142,11 +143,21 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
 
     The bytes are the size of each collective's result on one device (for an asynchronous
     `-start` op, the last array of its tuple: the result, not the operands it carries).
+    A collective is counted once per channel: XLA's TPU compiler splits one asynchronous
+    collective over several fusions (its start, the fusions that overlap it with compute, its
+    done), each holding a copy of the collective with the same `channel_id`.
     Returns:
       {op: {"count": n, "bytes": b}} for every op in COLLECTIVES (zeros when absent).
     """
     found = {op: {"count": 0, "bytes": 0} for op in COLLECTIVES}
+    channels = set()
     for m in _COLLECTIVE.finditer(hlo_text):
+        end = hlo_text.find("\n", m.end())
+        channel = _CHANNEL.search(hlo_text, m.end(), len(hlo_text) if end < 0 else end)
+        if channel is not None:
+            if (m["op"], channel[1]) in channels:
+                continue  # another piece of a collective already counted
+            channels.add((m["op"], channel[1]))
         sizes = _array_bytes(m["shape"])
         found[m["op"]]["count"] += 1
         found[m["op"]]["bytes"] += sum(sizes[-1:] if m["start"] else sizes)
