@@ -91,6 +91,7 @@ OTHER = {
     "dtype": "bfloat16",
     "mode": "infer",
     "size": "base",
+    "xla_options": "cpu-no-ynn-reduce",  # "-" in a name: its id part is "xcpu_no_ynn_reduce"
 }
 
 

@@ -22,6 +22,8 @@ def test_old_file_flattens_and_reports(tmp_path):
         f"{a}-tiny-{m}-b8-float32-d1" for a in ("mlp", "gpt") for m in ("train", "infer")
     )
     assert {r["status"] for r in rows} == {"ok"}
+    # archbench then set no XLA option: its rows read as the default set (that set today)
+    assert {r["xla_options"] for r in rows} == {"default"}
     html, csv = tmp_path / "r.html", tmp_path / "r.csv"
     argv = ["report", str(OLD), "-o", str(html), "--csv", str(csv), "--roofline", "h100"]
     assert main(argv) == 0

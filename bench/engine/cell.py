@@ -17,6 +17,7 @@ from archbench import archs
 from archbench.archs._remat import REMATS
 from archbench.archs.inputs import InputSpec
 from archbench.archs.registry import Size
+from archbench.engine import xla_options
 from archbench.engine.fields import AUTO, BY_NAME, FIELDS, ID_CODECS, MODES, NAMES
 from archbench.engine.sharding import batch_axes, mesh_axes
 from archbench.errors import UserError, unknown
@@ -64,6 +65,8 @@ def _form() -> str:
 def _from_id_text(name: str, text: str):
     if name == "mesh":
         return ",".join(f"{a}={n}" for a, n in re.findall(r"([a-z]+)(\d+)", text))
+    if name == "xla_options":
+        return text.replace("_", "-")
     if BY_NAME[name].type is int and not (name == "batch" and text == AUTO):
         return int(text)
     return text
@@ -136,6 +139,7 @@ def check(cell: Cell, spec: archs.ArchSpec, size: Size, devices=None) -> None:
         raise unknown("mode", cell.mode, MODES)
     if cell.dtype not in DTYPES:
         raise unknown("dtype", cell.dtype, DTYPES)
+    xla_options.check(cell.xla_options)  # an unknown set, or options this process lacks
     for f in FIELDS:  # a field set for a mode it does not apply to
         if cell.mode not in f.modes and getattr(cell, f.name) != f.default:
             raise UserError(f"{f.name} applies to mode {', '.join(f.modes)}, not {cell.mode}")

@@ -27,6 +27,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from archbench.engine import xla_options
+
 
 def data_parallel(devices: Sequence[jax.Device]) -> tuple[NamedSharding, NamedSharding]:
     """(replicated, batch-sharded) placements over a one-axis ("data",) mesh of `devices`."""
@@ -74,5 +76,7 @@ def device_info() -> dict:
         "python": platform.python_version(),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "xla_flags": os.environ.get("XLA_FLAGS"),
+        # the user's own; a worker of `archbench run --xla-options` adds its set's options,
+        # which each record and machine_info["xla_options"] hold
+        "xla_flags": xla_options.user_value("XLA_FLAGS") or None,
     }

@@ -10,7 +10,9 @@ module names the fields one by one.
 A field is either a matrix axis (a comma list on the command line: one cell per value) or a
 setting (one value for every cell, such as the mesh). A field applies to some modes only
 (remat and optimizer to train cells, the prompt and generated lengths to generate cells); a
-cell of another mode keeps the field's default.
+cell of another mode keeps the field's default. One axis is a property of the process rather
+than of the cell: the XLA options (archbench.engine.xla_options), which `archbench run` runs
+one process per value.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from archbench.archs._remat import REMATS
+from archbench.engine import xla_options
 from archbench.engine.sharding import STRATEGIES
 from archbench.errors import UserError
 
@@ -94,6 +97,10 @@ def _mesh_id(value: str) -> str:
     return value.replace("=", "").replace(",", "")
 
 
+def _xla_options_id(value: str) -> str:  # "-" separates an id's parts: "cpu_no_ynn_reduce"
+    return value.replace("-", "_")
+
+
 FIELDS: tuple[Field, ...] = (
     Field(
         "arch", str, None, "architectures, wildcards allowed (default: all)",
@@ -162,11 +169,18 @@ FIELDS: tuple[Field, ...] = (
         tag="o", modes=("train",), choices=OPTIMIZERS,
         compare=("step_time_s", "opt_state_bytes_per_param", "opt_state_bytes", "temp_bytes"),
     ),
+    Field(
+        "xla_options", str, xla_options.DEFAULT,
+        "named sets of XLA compiler options, each run by `archbench run` in a process of its "
+        f"own: {', '.join(xla_options.NAMES)} (archbench.engine.xla_options; default: "
+        "default, the project's set; your own XLA_FLAGS always win)",
+        tag="x", choices=xla_options.NAMES, compare=("step_time_s", "compile_s", "temp_bytes"),
+    ),
 )  # fmt: skip
 
 BY_NAME = {f.name: f for f in FIELDS}
 NAMES = tuple(BY_NAME)
-ID_CODECS = {"mesh": _mesh_id}
+ID_CODECS = {"mesh": _mesh_id, "xla_options": _xla_options_id}
 
 
 def names(*, without: tuple[str, ...] = ()) -> tuple[str, ...]:

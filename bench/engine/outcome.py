@@ -8,6 +8,7 @@ from archbench.engine import roofline
 from archbench.engine.cell import IDENTITY_KEYS, Cell, cell_keys
 from archbench.engine.jaxpr_cost import KEYS as JAXPR_KEYS
 from archbench.engine.plan import Plan
+from archbench.engine.xla_options import RECORD_KEYS as XLA_KEYS
 from archbench.errors import Unsupported
 
 # Mode "generate" (archbench.engine.generate); None in the results of other modes. Its memory
@@ -50,6 +51,9 @@ RESULT_KEYS = tuple(dict.fromkeys((
     *roofline.KEYS,
     *GENERATE_KEYS,
     *ARTIFACT_KEYS,
+    # The compiler options in force (XLA_FLAGS, LIBTPU_INIT_ARGS) and the user's own part of
+    # them (archbench.engine.xla_options; the cell's xla_options names the set)
+    *XLA_KEYS,
 )))  # fmt: skip
 
 

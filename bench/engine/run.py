@@ -14,7 +14,7 @@ import gc
 import math
 import time
 
-from archbench.engine import aot, autobatch, generate, measure
+from archbench.engine import aot, autobatch, generate, measure, xla_options
 from archbench.engine.cell import Cell, with_unit_batch
 from archbench.engine.fields import AUTO
 from archbench.engine.outcome import failure
@@ -84,6 +84,7 @@ def run_cell(
         record = _measure(plan, auto, target_s, timer, agree, on_compiled, profile)
     if auto:
         record["batch_request"] = AUTO
+    record.update(xla_options.in_force())
     return record
 
 

@@ -12,7 +12,7 @@ import math
 import pytest
 
 from archbench.archs import plugins
-from archbench.engine import aot, fields, measure, topology
+from archbench.engine import aot, fields, measure, topology, xla_options
 from archbench.errors import UserError
 from archbench.matrix import cells, interop, results, session
 
@@ -117,6 +117,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     for key, value in measure.device_info().items():
         machine_info[f"archbench_{key}" if key in machine_info else key] = value
     machine_info.update(interop.machine_facts())  # environment, archbench version and commit
+    # what each set of XLA options this process ran had in force (a resumed file keeps the
+    # sets of the processes before it: MatrixSession._header)
+    sets = fields.BY_NAME["xla_options"].values(config.getoption("xla_options"))
+    machine_info["xla_options"] = {name: xla_options.environment(name) for name in sets}
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pytest_benchmark.stats import Stats
 
+from archbench.engine import xla_options
 from archbench.matrix import results
 
 # The environment a run depends on: XLA's and JAX's settings, and which accelerators are seen.
@@ -105,12 +106,19 @@ def straight_run(config, filters: dict, cells: int) -> StraightRun:
 
 
 def environment() -> dict[str, str]:
-    """The environment variables in force that change what XLA and JAX do, by name."""
-    return {
+    """The environment variables that change what XLA and JAX do, by name, as the user set
+    them: a worker of `archbench run --xla-options` has its set's options in XLA_FLAGS and
+    LIBTPU_INIT_ARGS too, which machine_info["xla_options"] holds by set."""
+    env = {
         name: value
-        for name, value in sorted(os.environ.items())
+        for name, value in os.environ.items()
         if name.startswith(ENV_PREFIXES) or name in ENV_NAMES
     }
+    for variable in xla_options.VARIABLES:
+        env.pop(variable, None)
+        if xla_options.user_value(variable):
+            env[variable] = xla_options.user_value(variable)
+    return dict(sorted(env.items()))
 
 
 def _git(folder: Path, *args: str) -> str | None:

@@ -238,6 +238,9 @@ def flatten(row: dict, machine_info: dict, source: str) -> dict:
     # results written before strategies existed: every cell was dp over a "data" axis
     flat["sharding"] = flat["sharding"] or "dp"
     flat["mesh"] = flat["mesh"] or f"data={flat['devices'] or 1}"
+    # results written before XLA option sets existed: archbench set no XLA option, which is
+    # what its default set still is (archbench.engine.xla_options)
+    flat["xla_options"] = flat["xla_options"] or fields.BY_NAME["xla_options"].default
     flat["cell_id"] = info.get("cell_id") or row.get("param")
     flat["backend"] = info.get("backend") or machine_info.get("backend")
     flat["device_kind"] = info.get("device_kind") or machine_info.get("device_kind")

@@ -221,8 +221,11 @@ class MatrixSession:
         self.notes: list[str] = []
         self.write_error: str | None = None  # why the results file could not be written
         existing = results.check_out_file(self.out) if self.out else None
+        self.earlier_xla_options = {}  # machine_info["xla_options"] of the processes before
         if existing and resume:
             interop.stats_per_step(existing)  # a file from before per-step stats: one unit
+            info = existing.get("machine_info") or {}
+            self.earlier_xla_options = dict(info.get("xla_options") or {})
             self.rows = {row_key(r): r for r in existing["benchmarks"]}
             self.started = existing[results.MARKER].get("started", self.started)
         done = sorted(k for k, r in self.rows.items() if results.is_ok(r))
@@ -334,6 +337,9 @@ class MatrixSession:
         hook = self.config.hook
         machine_info = hook.pytest_benchmark_generate_machine_info(config=self.config)
         hook.pytest_benchmark_update_machine_info(config=self.config, machine_info=machine_info)
+        if self.earlier_xla_options:  # each `--xla-options` set ran in a process of its own
+            mine = machine_info.get("xla_options") or {}
+            machine_info["xla_options"] = {**self.earlier_xla_options, **mine}
         commit_info = hook.pytest_benchmark_generate_commit_info(config=self.config)
         hook.pytest_benchmark_update_commit_info(config=self.config, commit_info=commit_info)
         doc = hook.pytest_benchmark_generate_json(

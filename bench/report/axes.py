@@ -10,17 +10,18 @@ without a line here.
 from __future__ import annotations
 
 from archbench import units
-from archbench.engine import fields
+from archbench.engine import fields, xla_options
 from archbench.report.tables import SHORT_DTYPES, Cell, Table, failure_cell, num
 
 
-def _label(r: dict) -> str:
+def _label(r: dict, field: fields.Field) -> str:
     text = f"{r['arch']}/{r['size']} {r['mode']} b={r['batch']}"
     text += f" {SHORT_DTYPES.get(r['dtype'], r['dtype'])}"
     if (r.get("devices") or 1) > 1:
         text += f" ×{r['devices']} dev {r.get('sharding') or 'dp'}"
     text += f" T={r['seq_len']}" if r.get("seq_len") else ""
-    return text + (f" {r['variant']}" if r.get("variant") else "")
+    text += f" {r['variant']}" if r.get("variant") else ""
+    return text + ("" if field.name == "xla_options" else xla_options.label(r.get("xla_options")))
 
 
 def _show(key: str, value) -> Cell:
@@ -48,7 +49,7 @@ def axis_table(field: fields.Field, rows: list[dict]) -> Table | None:
     picked.sort(key=lambda r: (*map(str, key(r)), order.get(r[field.name], 99)))
     out = []
     for r in picked:
-        head = [Cell(r["run"]), Cell(_label(r)), Cell(str(r[field.name]))]
+        head = [Cell(r["run"]), Cell(_label(r, field)), Cell(str(r[field.name]))]
         if r.get("status") != "ok":
             out.append([*head, failure_cell(r, 2 * len(field.compare))])
             continue

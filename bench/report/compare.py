@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from archbench import archs, units
+from archbench.engine import xla_options
 from archbench.matrix.results import CELL_KEYS, flat_rows
 from archbench.text import text_table
 
@@ -37,7 +38,7 @@ def describe_key(key: tuple) -> str:
         parts.append(f"variant {d['variant']}")
     if d.get("remat"):
         parts.append(f"remat {d['remat']}")
-    return " ".join(parts)
+    return " ".join(parts) + xla_options.label(d.get("xla_options"))
 
 
 def _ok(row: dict) -> bool:

@@ -305,7 +305,8 @@ def _optional_sections(rows: list[dict], labels: list[str], roofline=()) -> list
         table = axes.axis_table(axis, rows)
         if table is not None:
             note = f"{axis.option}: {axis.help}. Each against the same cell at {axis.default}."
-            sections.append(Section(axis.option[2:].capitalize(), axis.name, [note, table]))
+            title = axis.option[2:].replace("-", " ").capitalize()
+            sections.append(Section(title, axis.name, [note, table]))
     return sections
 
 

@@ -15,6 +15,7 @@ from collections import defaultdict
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from archbench import units
+from archbench.engine import xla_options
 from archbench.report.plots import (
     RUN_STYLES,
     SERIES_COLORS,
@@ -29,7 +30,7 @@ from archbench.report.plots import (
 )
 from archbench.report.tables import SHORT_DTYPES, Cell, Table, failure_cell, num
 
-KEY = ("run", "arch", "size", "variant", "dtype", "batch", "prompt_len", "gen_len")
+KEY = ("run", "arch", "size", "variant", "xla_options", "dtype", "batch", "prompt_len", "gen_len")
 
 
 def generate_rows(rows: list[dict]) -> list[dict]:
@@ -54,6 +55,7 @@ def generation_table(rows: list[dict]) -> Table | None:
             Cell(
                 f"{r['arch']}/{r['size']} {SHORT_DTYPES.get(r['dtype'], str(r['dtype']))}"
                 + (f" {r['variant']}" if r.get("variant") else "")
+                + xla_options.label(r.get("xla_options"))
             ),
             num(str(r.get("batch"))),
             num(str(r.get("prompt_len"))),

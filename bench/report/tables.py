@@ -12,10 +12,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from archbench import units
+from archbench.engine import xla_options
 from archbench.matrix.results import columns as flat_columns
 from archbench.report import compare
 
 MODES = ("train", "infer")
+VARIANT_KEYS = ("variant", "remat", "xla_options")  # each a row of its own in the main table
 
 
 @dataclass
@@ -140,7 +142,7 @@ def headline_rows(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     rows = [r for r in rows if r["mode"] in MODES]  # generate cells have a section of their own
     for r in rows:
-        groups[(r["run"], r["arch"], r["size"], r.get("variant"), r.get("remat"))].append(r)
+        groups[(r["run"], r["arch"], r["size"], *map(r.get, VARIANT_KEYS))].append(r)
     dtype_count = Counter((r["run"], r["dtype"]) for r in rows)
     out = []
     for group in groups.values():
@@ -179,11 +181,9 @@ def config_text(r: dict) -> str:
         parts.append(str(r["sharding"]))
     if r.get("seq_len"):
         parts.append(f"T={r['seq_len']}")
-    if r.get("variant"):
-        parts.append(str(r["variant"]))
-    if r.get("remat"):
-        parts.append(f"remat {r['remat']}")
-    return " ".join(parts)
+    parts += [str(r["variant"])] if r.get("variant") else []
+    parts += [f"remat {r['remat']}"] if r.get("remat") else []
+    return " ".join(parts) + xla_options.label(r.get("xla_options"))
 
 
 # ---- the tables -------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ def main_table(rows: list[dict], colors: dict[str, str] | None = None) -> tuple[
     metrics, missing = present_metrics(headline)
     by_cell: dict[tuple, dict] = {}
     for r in headline:
-        variant = (r.get("variant"), r.get("remat"))  # remat cells are rows of their own
+        variant = tuple(map(r.get, VARIANT_KEYS))  # rows of their own
         key = (r.get("family") or "", r["arch"], r["size"], r["run_index"], variant)
         by_cell.setdefault(key, {})[r["mode"]] = r
     times: dict[tuple, list[float]] = defaultdict(list)  # to mark the fastest of several runs
