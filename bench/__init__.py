@@ -106,7 +106,13 @@ def measure(arch: str, size: str, *, target_s: float = TARGET_S, **fields) -> di
         sharding, mesh: how the cell is split over them ("dp", "fsdp", "tp", "fsdp+tp", "ep";
           archbench.engine.sharding) and the named mesh axes ("data=2,model=2");
         variant: an implementation variant the family declares (`get(arch).variants`);
-        remat: train only: "none", "full" or "dots" (archbench.archs._remat).
+        remat: train only: "none", "full" or "dots" (archbench.archs._remat);
+        optimizer: train only: "adamw", "adafactor", "sgd" or "lion";
+        xla_options: the named set of XLA options the cell runs with ("default";
+          archbench.engine.xla_options). XLA reads its options once per process, when JAX
+          starts, so this process must already hold the set's (XLA_FLAGS set before
+          importing jax); another set raises UserError saying what to set. `archbench run
+          --xla-options a,b` starts a process per set instead.
     Returns:
       The record the matrix stores in a results file's `extra_info`: step time median and
       IQR, samples/s, FLOPs, memory, compile time, MFU (archbench.engine.outcome.RESULT_KEYS);

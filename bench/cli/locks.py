@@ -88,12 +88,35 @@ def _holder(fd: int) -> str:
     return ""
 
 
+# Set by a process holding --out for its child processes, which write it in turn
+# (archbench.cli.xla_workers): "<pid of the holder> <lock file>".
+LENT = "ARCHBENCH_OUT_LOCK_LENT"
+
+
+def _lock_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.lock")
+
+
+def lend(out: str | os.PathLike) -> dict[str, str]:
+    """The environment by which a child process of this one, which holds --out `out`, writes
+    `out` under this process's lock (one child at a time)."""
+    return {LENT: f"{os.getpid()} {_lock_path(Path(out)).resolve()}"}
+
+
+def _lent_to_me(lock_path: Path) -> bool:
+    return os.environ.get(LENT) == f"{os.getppid()} {lock_path.resolve()}"
+
+
 @contextlib.contextmanager
 def results_file(out: str | os.PathLike) -> Iterator[None]:
     """Hold --out `out` for one `archbench run`, and remove the temporary files that a writer
-    killed inside `results.write_atomic` left beside it (nobody else writes them now)."""
+    killed inside `results.write_atomic` left beside it (nobody else writes them now). A
+    process whose parent holds `out` and lent it (`lend`) writes under the parent's lock."""
     out = Path(out)
-    with hold(out.with_name(f".{out.name}.lock"), f"--out {out}"):
+    if _lent_to_me(_lock_path(out)):
+        yield
+        return
+    with hold(_lock_path(out), f"--out {out}"):
         for tmp in results.leftover_tmp_files(out):
             with contextlib.suppress(OSError):
                 tmp.unlink()

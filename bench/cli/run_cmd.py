@@ -7,7 +7,9 @@ file is touched; the matrix itself (archbench/matrix/test_matrix.py) runs in thi
 A multi-process job (--coordinator ... or --distributed auto; archbench.cli.processes)
 runs the matrix in a supervised child process that joins the job before anything touches a
 device; every process runs every cell, process 0 alone checks and writes --out and prints.
-`--split K/N` runs one shard of the selected cells.
+`--split K/N` runs one shard of the selected cells. Several sets of XLA options
+(--xla-options) run one process each (archbench.cli.xla_workers), as XLA reads its options
+once per process.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 from archbench.archs import plugins
-from archbench.cli import locks, processes
+from archbench.cli import locks, processes, xla_workers
 from archbench.cli.list_cmd import add_plugin_argument
 from archbench.engine import distributed, fields
 from archbench.errors import UserError
@@ -270,6 +272,14 @@ def run(args) -> int:
         args.distributed,
         args.distributed_timeout,
     )
+    sets = fields.BY_NAME["xla_options"].values(args.xla_options)  # unknown: one line
+    if xla_workers.needed(sets):
+        if job is not None:
+            raise UserError(
+                "a multi-process job runs one set of XLA options, in force in every process: "
+                "set XLA_FLAGS for it on each (archbench.engine.xla_options)"
+            )
+        return run_in_workers(args, sets)
     if job is None:
         return run_matrix(args)
     if args.batch and cells.AUTO in cells.comma_list(args.batch) and not args.compile_only:
@@ -283,6 +293,16 @@ def run(args) -> int:
         return run_matrix(args)
 
     return processes.supervise(work, job)
+
+
+def run_in_workers(args, sets: list[str]) -> int:
+    """Each set of XLA options in a process of its own (archbench.cli.xla_workers), all
+    writing --out, which this process holds; it starts no JAX backend itself."""
+    info = xla_workers.device_info() if args.out is None or args.resume else {}
+    out = resolve_out(args.out, args.resume, info)
+    with locks.results_file(out):  # another run on it: one line, exit 2
+        check_out(out, args.resume, args.overwrite, info, args.target_topology)
+        return xla_workers.run(args, sets, out, add_arguments)
 
 
 def run_matrix(args) -> int:
