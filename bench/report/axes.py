@@ -14,14 +14,16 @@ from archbench.engine import fields, xla_options
 from archbench.report.tables import SHORT_DTYPES, Cell, Table, failure_cell, num
 
 
-def _label(r: dict, field: fields.Field) -> str:
+def _label(r: dict, field: fields.Field | None = None) -> str:
     text = f"{r['arch']}/{r['size']} {r['mode']} b={r['batch']}"
     text += f" {SHORT_DTYPES.get(r['dtype'], r['dtype'])}"
     if (r.get("devices") or 1) > 1:
         text += f" ×{r['devices']} dev {r.get('sharding') or 'dp'}"
     text += f" T={r['seq_len']}" if r.get("seq_len") else ""
     text += f" {r['variant']}" if r.get("variant") else ""
-    return text + ("" if field.name == "xla_options" else xla_options.label(r.get("xla_options")))
+    if field is not None and field.name == "xla_options":  # the section's own column says it
+        return text
+    return text + xla_options.label(r.get("xla_options"))
 
 
 def _show(key: str, value) -> Cell:
