@@ -47,7 +47,9 @@ def _hf(name: str, **config):
     _importable_torchvision()
     import transformers
 
-    config = getattr(transformers, f"{name}Config")(**config, attn_implementation="sdpa")
+    if name != "Mamba":  # no attention in Mamba; transformers refuses the option there
+        config["attn_implementation"] = "sdpa"
+    config = getattr(transformers, f"{name}Config")(**config)
     head = "ForSequenceClassification" if name == "Bert" else "ForCausalLM"
     if name == "GPT2":
         head = "LMHeadModel"
@@ -124,11 +126,12 @@ def mixer(f, spec):
     from timm.models.mlp_mixer import MlpMixer
 
     h, _, c = spec["input"]["shape"]
-    tokens = (h // f["patch_size"]) ** 2
+    # timm sizes both MLPs as int(ratio * channels): half a unit more survives the rounding
+    width = f["hidden_dim"]
     return MlpMixer(
         img_size=h, patch_size=f["patch_size"], in_chans=c, num_classes=f["num_classes"],
         num_blocks=f["num_layers"], embed_dim=f["hidden_dim"],
-        mlp_ratio=(f["tokens_mlp_dim"] / tokens, f["channels_mlp_dim"] / f["hidden_dim"]),
+        mlp_ratio=((f["tokens_mlp_dim"] + 0.5) / width, (f["channels_mlp_dim"] + 0.5) / width),
         global_pool="avg", act_layer=lambda: nn.GELU(approximate="tanh"),
     )  # fmt: skip
 
