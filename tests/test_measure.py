@@ -181,7 +181,7 @@ def test_cell_id_is_stable_and_parses_back():
     assert measure.from_id("mlp-small-train-b32-float32") == Cell(
         "mlp", "small", "train", 32, "float32"
     )
-    for bad in ("mlp-small-train", "mlp-small-train-32-float32", "mlp-small-train-b32-float32-x1"):
+    for bad in ("mlp-small-train", "mlp-small-train-32-float32", "mlp-small-train-b32-float32-q1"):
         with pytest.raises(archs.UserError, match="expected ARCH-SIZE-MODE"):
             measure.from_id(bad)
 
