@@ -90,7 +90,7 @@ def twin_request(cell: Cell, mode: str, threads: int | None, min_round_s: float)
     module = spec.build(cell.size)
     fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)}
     fields = {k: v for k, v in fields.items() if k not in ("parent", "name")}
-    inputs = input_spec(cell, spec)
+    inputs = input_spec(cell)
     return {
         "op": "prepare", "arch": cell.arch, "fields": fields, "task": spec.task, "mode": mode,
         "input": {"kind": inputs.kind, "shape": inputs.shape, "vocab_size": inputs.vocab_size},
