@@ -174,7 +174,9 @@ def worker_environment(name: str, environ: Mapping[str, str] | None = None) -> d
 
 
 def is_in_force(name: str, environ: Mapping[str, str] | None = None) -> bool:
-    """Whether this process's environment is what set `name` needs."""
+    """Whether this process's environment is what set `name` needs. It reads the
+    environment: a process that changed XLA_FLAGS after JAX started its backend runs with
+    the flags it started with, whatever this says."""
     environ = os.environ if environ is None else environ
     return all(environ.get(v, "") == value for v, value in environment(name, environ).items())
 
