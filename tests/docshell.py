@@ -44,17 +44,24 @@ class Setup:
 
 def commands(source: str) -> list[str]:
     """The block's command lines: continuations joined, blank and comment-only lines gone."""
-    out, current = [], ""
-    for line in source.splitlines():
+    return [command for _, command in numbered_commands(source)]
+
+
+def numbered_commands(source: str) -> list[tuple[int, str]]:
+    """`commands`, each with the index of the line it starts on."""
+    out, current, start = [], "", 0
+    for i, line in enumerate(source.splitlines()):
+        if not current:
+            start = i
         if line.rstrip().endswith("\\"):
             current += line.rstrip()[:-1] + " "
             continue
         current += line
         if current.strip() and not current.lstrip().startswith("#"):
-            out.append(current.strip())
+            out.append((start, current.strip()))
         current = ""
     if current.strip():
-        out.append(current.strip())
+        out.append((start, current.strip()))
     return out
 
 

@@ -19,6 +19,13 @@ What a block needs is declared next to it in the doc, in an HTML comment Sybil r
 A block that cannot run here is marked with Sybil's `<!-- skip: next "why" -->`, right after
 a note the reader sees (`*Not run by the tests: ...*`). Every block runs in one folder per
 doc, a copy of one shared tiny `archbench run` (`world`): the results files the docs name.
+
+Running them takes minutes (`make docs-test`, the `docs` mark). The default run has guards
+that run nothing and take about a second: every block says its language, every skipped block
+says so visibly, and every command of every block (skipped ones too), every Python block and
+every command or dotted archbench name in inline code is checked against the real parsers and
+modules (tests/doccommands.py): a renamed option, subcommand, make target or Python name in a
+doc fails `make test`.
 """
 
 import os
@@ -36,7 +43,7 @@ from sybil.evaluators.skip import Skipper
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
 from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer
 
-from tests import docshell
+from tests import doccommands, docshell
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
@@ -274,3 +281,104 @@ def test_blocks_not_run_say_so_visibly(doc):
     for m in re.finditer(r"<!-- skip: next (.*?) -->", text):
         before = text[: m.start()].rstrip().rsplit("\n\n", 1)[-1]
         assert "not run by the tests" in before.lower(), f"{doc}: no visible note before {m[0]}"
+
+
+# ---- the guards of the default run: every command parsed, every Python block compiled -------
+
+
+def example_commands(example) -> list[tuple[int, str]] | None:
+    """The command lines of a shell or console block, each with its line in the doc; None for
+    any other example."""
+    if example.region.evaluator is shell:
+        numbered = docshell.numbered_commands(example.parsed)
+    elif example.region.evaluator is console:
+        lines = enumerate(example.parsed.splitlines())
+        numbered = [(i, line[2:]) for i, line in lines if line.startswith("$ ")]
+    else:
+        return None
+    return [(example.line + 1 + i, command) for i, command in numbered]
+
+
+INLINE_COMMAND = re.compile(
+    r"(archbench|pytest|pytest-benchmark|make|python3? -m archbench[\w.]*) "
+)
+DOTTED = re.compile(r"archbench(\.\w+)+")
+
+
+def prose(text: str) -> str:
+    """`text` with its fenced blocks and HTML comments blanked, lines kept where they were."""
+    blank = lambda m: re.sub(r"[^\n]", " ", m[0])  # noqa: E731
+    return re.sub(r"<!--.*?-->", blank, FENCE.sub(blank, text), flags=re.S)
+
+
+def inline_problems(text: str, doc: str) -> list[str]:
+    """Inline code naming a command (its subcommand and options checked) or a dotted
+    archbench name (looked up)."""
+    text, problems = prose(text), []
+    for m in re.finditer(r"`([^`]+)`", text):
+        code, where = " ".join(m[1].split()), f"{doc}:{text.count(chr(10), 0, m.start()) + 1}"
+        if INLINE_COMMAND.match(code + " ") and code not in ("archbench", "make"):
+            for _, argv in doccommands.invocations([code]):
+                if why := doccommands.check_names(argv):
+                    problems.append(f"{where}: `{code}`: {why}")
+        elif (name := DOTTED.match(code)) and (why := doccommands.resolve(name[0])):
+            problems.append(f"{where}: `{code}`: {why}")
+    return problems
+
+
+def doc_problems(document, doc: str) -> list[str]:
+    """What in `document` names a command, option or Python name that does not exist."""
+    problems = []
+    for example in document:
+        if is_comment(example):
+            continue
+        numbered = example_commands(example)
+        if numbered is not None:
+            for i, argv in doccommands.invocations([command for _, command in numbered]):
+                if why := doccommands.check(argv):
+                    problems.append(f"{doc}:{numbered[i][0]}: {shlex.join(argv)}: {why}")
+        elif example.region.evaluator is python:
+            problems += doccommands.python_problems(str(example.parsed), doc, example.line)
+    return problems + inline_problems(document.text, doc)
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_documented_command_and_name_exists(doc):
+    """Every command of every block (skipped ones too) parses with its program's parser, every
+    Python block compiles and imports what exists, and so does the inline code: nothing runs."""
+    problems = doc_problems(DOCUMENTS[doc], doc)
+    assert not problems, "\n".join(problems)
+
+
+# A doc as it could go wrong: (doc, the text as it is, the text renamed, what the guard says).
+RENAMED = [
+    ("README.md", "--device-memory 80GiB", "--device-mem 80GiB", "--device-mem"),  # an abbrev.
+    ("README.md", "--threshold 5", "--thresh 5", "--thresh"),
+    ("README.md", "archbench compare cpu.json", "archbench diff cpu.json", "'diff'"),
+    ("README.md", "--size small --batch 32 --rounds", "--size small --batch 32 --round", "--round"),
+    ("README.md", "`archbench train --list`", "`archbench train --lst`", "--lst"),
+    ("README.md", "`make docs-test`", "`make doc-test`", "doc-test"),
+    ("README.md", "archbench.param_count(", "archbench.param_counts(", "param_counts"),
+    ("README.md", "archbench.train.recipes.RECIPES", "archbench.train.recipes.RECIPE", "RECIPE"),
+    ("docs/design.md", "archbench.active_param_count(", "archbench.active_params(", "active_"),
+    ("docs/multihost.md", "--num-processes $SLURM_NTASKS", "--nprocs $SLURM_NTASKS", "--nprocs"),
+    ("docs/multihost.md", "--distributed-timeout 600", "--distributed-timeout-s 600", "-s"),
+    ("docs/performance.md", "--variants default,ragged", "--variant default,ragged", "--variant"),
+]
+
+
+@pytest.mark.parametrize(("doc", "old", "new", "said"), RENAMED, ids=[r[2] for r in RENAMED])
+def test_a_renamed_flag_command_or_name_in_a_doc_fails_the_guard(doc, old, new, said, tmp_path):
+    """The guard on each doc, fed the doc with one name changed (in a block the tests skip, in
+    a quoted command, in inline code, in Python): exactly that line is a problem."""
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    assert old in text, f"{doc} no longer holds {old!r}: update this test"
+    path = tmp_path / Path(doc).name
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    problems = doc_problems(SYBIL.parse(path), doc)
+    lines = text[: text.index(old)].split("\n")
+    while len(lines) > 1 and lines[-2].endswith("\\"):  # a command's first line names it
+        lines.pop()
+    line = len(lines)
+    assert len(problems) == 1 and said in problems[0], problems
+    assert problems[0].startswith(f"{doc}:{line}: "), problems
