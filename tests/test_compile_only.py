@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from archbench import units
 from archbench.archs import UserError
 from archbench.cli.main import main
 from archbench.engine import aot
@@ -78,12 +79,16 @@ def test_run_compile_only_records_memory_and_fit_and_resumes(tmp_path, capsys):
     assert row["roofline_bound_s"] == max(row[f"{k}_bound_s"] for k in ("compute", "memory"))
     assert row["binding_roof"] in ("compute", "memory") and row["comm_bound_s"] == 0
     assert row["roofline_efficiency"] is None and row["peak_source"] == "measured-matmul"
-    assert "1 compiled only (0 of 1 fit the device memory)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # the cell's own progress line says it does not fit, not only the final count
+    (line,) = [x for x in err.splitlines() if x.startswith("archbench 1/1 ")]
+    assert "compiled" in line and f"does not fit {units.nbytes(2**20)}" in line, err
+    assert "1 compiled only (0 of 1 fit the device memory)" in err
     assert main([*argv, "--resume"]) == 0  # a compiled cell is done: nothing runs again
     assert "already in" in capsys.readouterr().err
 
 
-def test_batch_auto_compile_only_finds_the_largest_batch_that_fits(tmp_path):
+def test_batch_auto_compile_only_finds_the_largest_batch_that_fits(tmp_path, capsys):
     cell = Cell("mlp", "small", "infer", 1, "float32")
     memory = aot.compile_only(Cell("mlp", "small", "infer", 64, "float32"))["compiled_bytes"]
     batch = aot.largest_batch_that_fits(cell, memory, limit=1024)
@@ -93,3 +98,5 @@ def test_batch_auto_compile_only_finds_the_largest_batch_that_fits(tmp_path):
     assert main([*argv, "--compile-only", "--device-memory", str(memory), "--out", str(out)]) == 0
     (row,) = results.flat_rows([out])
     assert row["batch"] == 64 and row["fits"] is True and row["batch_request"] == "auto"
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("archbench 1/1 ")]
+    assert f"fits {units.nbytes(memory)}" in line and "not" not in line, line

@@ -299,7 +299,8 @@ class MatrixSession:
         if self.progress and self.bar is None:  # stderr is a log, not a terminal: a line a cell
             said = {
                 "ok": f"ok, {units.seconds(info.get('step_time_s'))} per step",
-                "compiled": f"compiled, {units.nbytes(info.get('compiled_bytes'))} per device",
+                "compiled": f"compiled, {units.nbytes(info.get('compiled_bytes'))} per device"
+                + fit(info),
             }.get(status, status)
             self.notes.append(
                 f"archbench {self.measured}/{self.total} {info.get('cell_id')}: {said}"
@@ -371,6 +372,14 @@ class MatrixSession:
             self.bar.write(text, file=sys.stderr)
         elif self.progress:
             print(text, file=sys.stderr)
+
+
+def fit(info: dict) -> str:
+    """', fits 80 GiB' or ', does not fit 80 GiB' for a compiled cell given a device's memory."""
+    if info.get("fits") is None:
+        return ""
+    memory = units.nbytes(info.get("device_memory_bytes"))
+    return f", fits {memory}" if info["fits"] else f", does not fit {memory}"
 
 
 def _param_id(item) -> str | None:
