@@ -51,6 +51,9 @@ def test_a_variant_that_computes_another_function_fails(monkeypatch, capsys):
         (["--arch", "mamba", "--variants", "fused"], "unknown variant 'fused'"),
         (["--arch", "mamba", "--mode", "generate"], "mode"),
         (["--arch", "nosuch"], "nosuch"),
+        (["--arch", "mlp", "--target-s", "nan"], "--target-s"),  # nan passed `<= 0`
+        (["--arch", "mlp", "--target-s", "inf"], "--target-s"),
+        (["--arch", "mlp", "--min-round-s", "inf"], "--min-round-s"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, expect, capsys):

@@ -53,8 +53,8 @@ def test_device_memory_sizes_and_names(text, value):
     assert aot.parse_memory(text) == value
 
 
-@pytest.mark.parametrize("text", ["80 parsecs", "-1GB", "0", "h900"])
-def test_bad_device_memory_is_a_one_line_error(text):
+@pytest.mark.parametrize("text", ["80 parsecs", "-1GB", "0", "h900", "1e309", "1e400GiB"])
+def test_bad_device_memory_is_a_one_line_error(text):  # 1e309 is a float's infinity
     with pytest.raises(UserError, match="--device-memory"):
         aot.parse_memory(text)
 

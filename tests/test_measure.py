@@ -265,6 +265,20 @@ def test_check_harness_rejects_bad_cells(capsys):
     assert capsys.readouterr().err.count("check_harness: error:") == 2
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["--tolerance", "nan"], ["--tolerance", "inf"], ["--target-s", "nan"], ["--target-s", "inf"],
+     ["--target-s", "0"], ["--repeats", "0"]],
+)  # fmt: skip
+def test_check_harness_refuses_non_finite_and_empty_budgets(argv, capsys):
+    """--tolerance nan failed every cell ("outside nan%") and inf would pass any; a budget of
+    nan, inf or 0 seconds, or no repeats, was taken too: each is a one-line error now."""
+    assert check_harness.main(["--cells", "mlp-tiny-infer-b8-float32", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("check_harness: error: ") and err.count("\n") == 1, err
+    assert argv[0] in err
+
+
 # ---- several devices --------------------------------------------------------------------------
 
 MULTI_DEVICE = textwrap.dedent(

@@ -13,6 +13,7 @@ a quiet machine: other load makes both numbers noisy.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -119,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15, help="timed loops of the bare loop")
     args = parser.parse_args(argv)
     try:
+        if not (0 <= args.tolerance < math.inf and 0 < args.target_s < math.inf):  # nan too
+            raise archs.UserError("--tolerance must be finite and >= 0, --target-s finite and > 0")
+        if args.repeats < 1:
+            raise archs.UserError(f"--repeats must be at least 1, not {args.repeats}")
         cells = [from_id(text) for text in args.cells.split(",") if text.strip()]
         for cell in cells:
             validate(cell)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import statistics
 import sys
@@ -251,8 +252,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise unknown("mode", mode, MODES)
         if not modes:
             raise archs.UserError("--mode needs at least one of train, infer")
-        if args.repeats < 1 or args.target_s <= 0 or args.min_round_s <= 0:
-            raise archs.UserError("--repeats must be >= 1, --target-s and --min-round-s > 0")
+        seconds = (args.target_s, args.min_round_s)
+        if args.repeats < 1 or not all(0 < s < math.inf for s in seconds):  # nan, inf too
+            raise archs.UserError(
+                "--repeats must be >= 1, --target-s and --min-round-s finite and > 0"
+            )
         names = resolve(spec, args.size, args.variants)
         for mode in modes:
             for name, _ in names:

@@ -9,6 +9,7 @@ step's per-device footprint (compiled_bytes) fits it.
 
 from __future__ import annotations
 
+import math
 import re
 
 import jax
@@ -42,12 +43,13 @@ def parse_memory(text: str) -> int:
     if key in DEVICE_MEMORY:
         return DEVICE_MEMORY[key]
     m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]i?b|b)?", key)
-    if not m or float(m[1]) <= 0:
+    size = float(m[1]) * _UNITS[m[2] or ""] if m else 0.0
+    if not 0 < size < math.inf:  # 1e309 is a float's infinity
         raise UserError(
             f"--device-memory {text!r}: expected a size such as 80GiB or 16GB, or one of "
             f"{', '.join(DEVICE_MEMORY)}"
         )
-    return int(float(m[1]) * _UNITS[m[2] or ""])
+    return int(size)
 
 
 def compile_only(
