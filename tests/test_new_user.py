@@ -289,14 +289,17 @@ def test_a_model_that_outputs_nan_is_not_ok(tmp_path, capsys, isolated_registry)
     assert "nonfinite" in capsys.readouterr().err
 
 
-def test_a_long_generation_says_how_far_it_has_got():
-    """Issue 23 item 6: a generate cell with a long --gen-len showed nothing for minutes; the
-    matrix now passes run_cell a progress callback (the bar's description on a terminal)."""
-    from archbench.engine.cell import Cell
-    from archbench.engine.run import run_cell
+def test_a_long_generation_says_how_far_it_has_got(tmp_path, monkeypatch, capfd):
+    """Issue 23 item 6: a generate cell with a long --gen-len showed nothing for minutes. The
+    matrix passes run_cell a progress callback: the bar's description on a terminal, and on a
+    log a line every PROGRESS_EVERY_S seconds (0 here), which pytest's capture of the running
+    cell swallowed until it was written past the capture."""
+    from archbench.matrix import session
 
-    said = []
-    cell = Cell("mamba", "tiny", "generate", 1, prompt_len=2, gen_len=3)
-    record = run_cell(cell, target_s=0.01, progress=said.append)
-    assert record["status"] == "ok"
-    assert said and said[-1] == "decode 3/3 tokens"  # the last step of each generation is told
+    monkeypatch.setattr(session, "PROGRESS_EVERY_S", 0)
+    argv = ["run", "--arch", "mamba", "--size", "tiny", "--mode", "generate", "--batch", "1"]
+    argv += ["--prompt-len", "2", "--gen-len", "3", "--target-s", "0.01"]
+    assert main([*argv, "--out", str(tmp_path / "g.json")]) == 0
+    err = capfd.readouterr().err
+    # the last step of each generation is told
+    assert "archbench mamba-tiny-generate-b1-float32-d1-p2-g3: decode 3/3 tokens" in err, err

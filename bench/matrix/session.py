@@ -16,6 +16,7 @@ results file says which cells are done; only process 0 writes the file and print
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -31,6 +32,7 @@ from archbench.matrix import artifacts, interop, op_roofline, results
 from archbench.matrix.artifacts import PROFILE_STEPS
 
 DEFAULT_TARGET_S = 1.5
+PROGRESS_EVERY_S = 30  # on a log (stderr not a terminal): a long cell's line this often
 WRITE_FAILED = 74  # pytest.main's status when the results file could not be written (EX_IOERR)
 
 
@@ -355,15 +357,22 @@ class MatrixSession:
 
     def cell_progress(self, cell_id: str):
         """A progress(text) for the cell in flight: the bar's description on a terminal, else
-        a line on the real stderr (pytest captures sys.stderr in a test) every 30 s."""
+        a line on stderr every PROGRESS_EVERY_S seconds. Both are written past pytest's capture
+        of the running test, which holds file descriptor 2 as well as sys.stderr (so neither
+        the bar's stream nor sys.__stderr__ reached the terminal until the cell was done)."""
         last = [time.perf_counter()]
+        capture = self.config.pluginmanager.getplugin("capturemanager")
 
         def progress(text: str) -> None:
-            if self.bar is not None:
-                self.bar.set_description_str(f"{cell_id}: {text}")
-            elif self.progress and time.perf_counter() - last[0] >= 30:
+            if self.bar is None:
+                if not self.progress or time.perf_counter() - last[0] < PROGRESS_EVERY_S:
+                    return
                 last[0] = time.perf_counter()
-                print(f"archbench {cell_id}: {text}", file=sys.__stderr__, flush=True)
+            with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+                if self.bar is not None:
+                    self.bar.set_description_str(f"{cell_id}: {text}")
+                else:
+                    print(f"archbench {cell_id}: {text}", file=sys.stderr, flush=True)
 
         return progress
 
