@@ -50,6 +50,10 @@ def test_gpt_small_compiles_for_v5e_2x2_under_dp_and_fsdp(tmp_path):
         libtpu=True, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the header names the target, not the host that compiles for it
+    (header,) = [x for x in proc.stderr.splitlines() if x.endswith(f" -> {out}")]
+    assert header.startswith("archbench: 2 cell(s) "), header
+    assert "for v5e:2x2 (4 TPU v5 lite devices), compiled on this cpu host" in header, header
     proc = archbench(*common, "--compile-only", "--out", str(host), libtpu=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {

@@ -312,6 +312,17 @@ def run_matrix(args) -> int:
         return _run_matrix(args, held)
 
 
+def where(info: dict, args, target) -> str:
+    """Where the cells run, for the header: 'on cpu', or the TPU slice they are compiled for."""
+    if target is not None:  # compiled here for devices elsewhere: name those
+        return (
+            f"for {args.target_topology} ({len(target)} {target[0].device_kind} devices), "
+            f"compiled on this {device_slug(info)} host"
+        )
+    processes = f" x {info['process_count']} processes" if info["process_count"] > 1 else ""
+    return f"on {device_slug(info)}{processes}"
+
+
 def _run_matrix(args, held: contextlib.ExitStack) -> int:
     import pytest
 
@@ -340,9 +351,8 @@ def _run_matrix(args, held: contextlib.ExitStack) -> int:
     if problem:
         raise UserError(problem if main else f"process 0 did not start: {problem}")
     if main:
-        processes = f" x {info['process_count']} processes" if info["process_count"] > 1 else ""
         print(
-            f"archbench: {len(requests)} cell(s) on {device_slug(info)}{processes} -> {out}",
+            f"archbench: {len(requests)} cell(s) {where(info, args, target)} -> {out}",
             file=sys.stderr,
         )
     argv = pytest_args(args, out)
