@@ -124,8 +124,8 @@ def test_two_processes_measure_one_four_device_cell(tmp_path):
     assert (code0, code1) == (0, 0), err0 + err1
     assert "1 cell(s) in results.json: 1 ok" in err0
     assert out1 == "" and err1 == ""  # process 1 computes and stays quiet
-    # one results file and nothing else (.benchmarks: pytest-benchmark's empty storage folder)
-    assert sorted(p.name for p in work.iterdir() if p.name != ".benchmarks") == ["results.json"]
+    # one results file and nothing else (no .benchmarks/: pytest-benchmark's storage folder)
+    assert sorted(p.name for p in work.iterdir()) == ["results.json"]
 
     doc = results.load_results(work / "results.json")
     machine = doc["machine_info"]
@@ -209,6 +209,26 @@ def test_peer_that_dies_stops_the_others_in_one_line(tmp_path):
     rows = extra_info(out)
     assert rows and all(r["status"] == "ok" for r in rows.values()), rows
     assert not results.load_results(out)["archbench"]["complete"]
+
+
+def test_mismatched_command_lines_end_in_one_line_each(tmp_path):
+    """Processes given different --arch run different collectives, and gloo aborts; its own
+    report ("terminate called ... collective mismatch") reached the terminal before archbench's
+    line. Each process ends in exit status 2 and archbench's lines alone; one names the cause."""
+    run = ["-m", "archbench", "run", "--size", "tiny", "--mode", "train", "--batch", "8"]
+    run += ["--devices", "4", "--target-s", "0.1", "--out", "results.json", *job(free_port())]
+    run += ["--distributed-timeout", "10"]
+    procs = [
+        start([*run, "--arch", arch, "--process-id", str(i)], tmp_path)
+        for i, arch in enumerate(("mlp", "lenet5"))
+    ]
+    done = finish(procs, timeout=180)
+    for code, stdout, err in done:
+        assert code == 2, err
+        one_line_error(err)
+        assert all(line.startswith("archbench") for line in err.strip().splitlines()), err
+        assert stdout == "" and "gloo" not in err.lower(), err
+    assert any("the processes ran different collectives" in err for _, _, err in done), done
 
 
 # ---- the options --------------------------------------------------------------------------
