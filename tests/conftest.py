@@ -14,46 +14,27 @@ os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
 WORKER = os.environ.pop("PYTEST_XDIST_WORKER", None)
 
 
-# ---- a compilation cache for the tests' own programs ------------------------------------------
+# ---- one compilation cache for the whole test run ----------------------------------------------
 #
-# Many tests compile the same small programs again (archs.init_variables jits a fresh function
-# at every call, so the same init compiles in test after test). JAX's persistent compilation
-# cache, in a folder of this test process alone, compiles each once. The engine turns the cache
-# off for the programs it measures (jax_enable_compilation_cache=False, so compile_s is a real
-# compile), but JAX decides whether to use the cache once per process, at its first compile:
-# `_honour_the_switch` makes JAX read the switch at every compile, so the engine's cells are
-# never cached, and `_cache_on` turns it back on for the next test. Only this process: the
-# subprocesses the tests start (archbench run, scripts) see none of it.
-@pytest.fixture(scope="session")
-def _compilation_cache():
-    import jax
-    from jax._src import compilation_cache
-
-    if not hasattr(compilation_cache, "is_cache_used"):  # a JAX without this hook: no cache
-        yield
-        return
-    folder = tempfile.mkdtemp(prefix=f"archbench-tests-xla-{WORKER or 'main'}-")
-    enabled = compilation_cache._is_cache_enabled
-
-    def honour_the_switch(backend) -> bool:
-        return enabled() and backend.platform in ("cpu", "gpu", "tpu")
-
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    saved = compilation_cache.is_cache_used
-    compilation_cache.is_cache_used = honour_the_switch
-    yield
-    compilation_cache.is_cache_used = saved
-    jax.config.update("jax_enable_compilation_cache", False)
-    compilation_cache.reset_cache()
-    shutil.rmtree(folder, ignore_errors=True)
+# Many tests compile the same small programs again, in this process and in the `archbench run`
+# subprocesses they start (the same tiny cells, their inits, their counting twins). JAX's
+# persistent compilation cache, in one folder for the whole run, compiles each program once:
+# set here through JAX's own environment variables, before JAX is imported, so that every
+# pytest-xdist worker and every subprocess inherits it. The engine records what the cache did
+# for each measured step (compile_cache: hit, miss or disabled); the tests of compile_s itself
+# turn it off. The folder is the controller's, removed when the run ends.
+if "ARCHBENCH_TESTS_XLA_CACHE" not in os.environ:
+    os.environ["ARCHBENCH_TESTS_XLA_CACHE"] = tempfile.mkdtemp(prefix="archbench-tests-xla-")
+    _OWN_CACHE = True
+else:
+    _OWN_CACHE = False
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["ARCHBENCH_TESTS_XLA_CACHE"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
-@pytest.fixture(autouse=True)
-def _cache_on(_compilation_cache):
-    import jax
-
-    jax.config.update("jax_enable_compilation_cache", True)
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["ARCHBENCH_TESTS_XLA_CACHE"], ignore_errors=True)
 
 
 # ---- the slowest files first ----------------------------------------------------------------

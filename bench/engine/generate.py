@@ -48,7 +48,12 @@ from archbench.engine.cell import Cell
 from archbench.engine.outcome import RESULT_KEYS, failure
 from archbench.engine.peaks import peak_tflops
 from archbench.engine.plan import Plan, plan_of
-from archbench.engine.timing import high_water_mark, lower_and_compile, time_rounds
+from archbench.engine.timing import (
+    combined_cache_outcome,
+    high_water_mark,
+    lower_and_compile,
+    time_rounds,
+)
 
 MIN_ROUNDS = 3  # generations timed at least (each has G decode steps)
 MAX_ROUNDS = 50
@@ -131,9 +136,9 @@ class Generation:
             self.step_times.extend(steps)
 
 
-def _compile(fn, *args) -> tuple[jax.stages.Compiled, float, float]:
-    _, compiled, lower_s, compile_s = lower_and_compile(jax.jit(fn, donate_argnums=1), *args)
-    return compiled, lower_s, compile_s
+def _compile(fn, *args) -> tuple[jax.stages.Compiled, float, float, str]:
+    _, compiled, lower_s, compile_s, cache = lower_and_compile(jax.jit(fn, donate_argnums=1), *args)
+    return compiled, lower_s, compile_s, cache
 
 
 def prepare(plan: Plan | Cell) -> Generation:
@@ -143,7 +148,6 @@ def prepare(plan: Plan | Cell) -> Generation:
     if plan.module is None:
         raise plan.error
     cell, module = plan.cell, plan.module
-    jax.config.update("jax_enable_compilation_cache", False)
     device = jax.devices()[0]
     peak_before = high_water_mark([device])
     inputs = plan.size.input
@@ -156,11 +160,11 @@ def prepare(plan: Plan | Cell) -> Generation:
     shapes = cache_shapes(module, cell.batch, length)
     reset = jax.jit(partial(empty_cache, shapes))
     cache = reset()
-    prefill, prefill_lower_s, prefill_compile_s = _compile(
+    prefill, prefill_lower_s, prefill_compile_s, prefill_cache = _compile(
         partial(greedy_forward, module), params, cache, prompt
     )
     token = jax.ShapeDtypeStruct((cell.batch,), jnp.int32)
-    decode, decode_lower_s, decode_compile_s = _compile(
+    decode, decode_lower_s, decode_compile_s, decode_cache = _compile(
         partial(greedy_step, module), params, cache, token
     )
     flops, accessed = analysis.cost(decode)
@@ -169,7 +173,7 @@ def prepare(plan: Plan | Cell) -> Generation:
     facts = {
         "lower_s": prefill_lower_s + decode_lower_s,
         "compile_s": prefill_compile_s + decode_compile_s,
-        "compile_cache": "disabled",
+        "compile_cache": combined_cache_outcome(prefill_cache, decode_cache),
         "prefill_compile_s": prefill_compile_s,
         "decode_compile_s": decode_compile_s,
         "flops_per_token": flops,

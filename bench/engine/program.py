@@ -196,7 +196,6 @@ def compile_cell(plan: Plan | Cell, devices, abstract: bool = False):
     if plan.module is None:
         raise plan.error
     cell = plan.cell
-    jax.config.update("jax_enable_compilation_cache", False)
     state, batch = _state_and_batch(plan, devices, abstract)
     if cell.mode == "train":
         step_fn, args = jit_train_step, (state, batch)
@@ -205,11 +204,11 @@ def compile_cell(plan: Plan | Cell, devices, abstract: bool = False):
     # A cached trace or executable of an earlier cell of the same shapes would make lower_s and
     # compile_s lie: evict this function's caches (not the process's, which other code uses).
     step_fn.clear_cache()
-    lowered, compiled, lower_s, compile_s = lower_and_compile(step_fn, *args)
+    lowered, compiled, lower_s, compile_s, cache = lower_and_compile(step_fn, *args)
     facts = {
         "lower_s": lower_s,
         "compile_s": compile_s,
-        "compile_cache": "disabled",
+        "compile_cache": cache,
         **_cost_facts(plan, step_fn, args, lowered, compiled),
         **analysis.compiled_memory(compiled),
         "batch_sharding": str(jax.tree.leaves(args[1])[0].sharding.spec),

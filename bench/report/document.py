@@ -148,14 +148,14 @@ def _cards(runs: list[Run], comparisons):
 
 
 def _speedup_section(runs: list[Run], comparisons):
-    from archbench.report import plots, tables
+    from archbench.report import plots, speedup
     from archbench.report.render import Details, Section
 
     blocks = [
         "Speedup = step time of the first run / step time of this run, over the cells both "
         "measured (same architecture, size, mode, batch, dtype, devices, sequence length); "
         "geometric mean per family, cells in brackets. Above 1: faster than the first run.",
-        tables.speedup_family_table(runs, comparisons),
+        speedup.family_table(runs, comparisons),
         plots.speedup_bars(comparisons, [run.label for run in runs]),
     ]
     if not any(cmp.pairs for cmp in comparisons):
@@ -163,7 +163,7 @@ def _speedup_section(runs: list[Run], comparisons):
     for run, cmp in zip(runs[1:], comparisons, strict=True):
         if not cmp.pairs:
             continue
-        table = tables.speedup_cell_table(cmp, run.label)
+        table = speedup.cell_table(cmp, run.label)
         blocks.append(Details(f"Every cell: {run.label} vs {runs[0].label}", [table]))
     return Section(f"Speedup over {runs[0].label}", "speedup", blocks)
 

@@ -227,14 +227,18 @@ METRICS = [
         ),
     ),
     ("peak", "peak_bytes", lambda r: num(units.nbytes(r.get("peak_bytes")), "device peak memory")),
-    (
-        "compile",
-        "compile_s",
-        lambda r: num(
-            units.seconds(r.get("compile_s")), f"lower {units.seconds(r.get('lower_s'))}"
-        ),
-    ),
+    ("compile", "compile_s", lambda r: _compile_time(r)),
 ]
+
+
+def _compile_time(r: dict) -> Cell:
+    """The step's compile time; a `*` where it was loaded from JAX's compilation cache."""
+    cached = r.get("compile_cache") == "hit"
+    lower = f"lower {units.seconds(r.get('lower_s'))}"
+    return num(
+        units.seconds(r.get("compile_s")) + ("*" if cached else ""),
+        lower + ("; * loaded from JAX's compilation cache" if cached else ""),
+    )
 
 
 def failure_cell(r: dict, span: int) -> Cell:
@@ -346,41 +350,6 @@ def environment_table(runs) -> Table:
     fields = list(dict.fromkeys(k for run in runs for k in run.env))
     rows = [[Cell(f), *(Cell(str(run.env.get(f, ""))) for run in runs)] for f in fields]
     return Table(["", *(run.label for run in runs)], rows, cls="env")
-
-
-def speedup_family_table(runs, comparisons) -> Table:
-    """Geometric-mean speedup per family of each run against the first."""
-    families = list(
-        dict.fromkeys(f for cmp in comparisons for f in compare.family_geomeans(cmp.pairs))
-    )
-    families = [*sorted(f for f in families if f != "all"), "all"]
-    rows = []
-    for f in families:
-        row = [Cell(f)]
-        for cmp in comparisons:
-            g, n = compare.family_geomeans(cmp.pairs).get(f, (None, 0))
-            row.append(num(f"{units.ratio(g)} ({n})" if g else "", f"{n} cells in common"))
-        rows.append(row)
-    cols = ["family", *(f"{run.label} vs {runs[0].label}" for run in runs[1:])]
-    return Table(cols, rows, cls="speedup")
-
-
-def speedup_cell_table(comparison, label: str) -> Table:
-    """Per cell in common: both step times, speedup and throughput ratio."""
-    rows = []
-    for p in comparison.pairs:
-        rows.append(
-            [
-                Cell(compare.describe_key(p.key)),
-                num(units.seconds_spread(p.base.get("step_time_s"), p.base.get("step_time_iqr_s"))),
-                num(units.seconds_spread(p.new.get("step_time_s"), p.new.get("step_time_iqr_s"))),
-                num(units.ratio(p.speedup)),
-                num(units.ratio(p.throughput_ratio)),
-                Cell(p.status_note(), cls="fail" if p.status_note() else ""),
-            ]
-        )
-    cols = ["cell", "base step", f"{label} step", "speedup", "throughput", "note"]
-    return Table(cols, rows, cls="speedup")
 
 
 def failed_table(rows: list[dict]) -> Table:
