@@ -22,9 +22,12 @@ A dense layer pairs names so that a strategy can read Megatron's column and row 
 off them: (embed, mlp) then (mlp, embed), (embed, heads, kv) then (heads, kv, embed).
 """
 
+import contextlib
+import contextvars
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
 from flax.linen.linear import default_kernel_init
 
 Initializer = Callable
@@ -36,6 +39,31 @@ ZEROS, ONES = nn.initializers.zeros_init(), nn.initializers.ones_init()
 def named(init: Initializer, *names: str | None) -> Initializer:
     """`init` whose parameter carries the logical names of its dimensions, one per dimension."""
     return nn.with_logical_partitioning(init, names)
+
+
+_BATCH_SHARDING: contextvars.ContextVar = contextvars.ContextVar("batch_sharding", default=None)
+
+
+def batch_split(x):
+    """`x`, an activation whose first dimension is the batch, kept split as the batch is while
+    a sharding strategy is in force (`split_batches_as`), so that XLA gathers the weights an
+    FSDP step needs rather than the batch. The families mark the residual stream at each
+    block's entry and exit. Outside `split_batches_as`: `x` itself."""
+    sharding = _BATCH_SHARDING.get()
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+@contextlib.contextmanager
+def split_batches_as(sharding):
+    """While tracing a model: every `batch_split` activation is constrained to `sharding`, a
+    jax.sharding.NamedSharding whose spec splits the leading dimension (the rest whole).
+    Parameters are left to their own shardings, unlike flax's logical rules, which would
+    constrain every named parameter too."""
+    token = _BATCH_SHARDING.set(sharding)
+    try:
+        yield
+    finally:
+        _BATCH_SHARDING.reset(token)
 
 
 def dense(

@@ -238,6 +238,7 @@ class Block(nn.Module):
             param_dtype=self.param_dtype,
             name=name,
         )
+        x = _logical.batch_split(x)
         x = residual(
             x, lambda h: attention("self_attn")(h, causal=self.causal, decode=decode), "self_attn"
         )
@@ -252,7 +253,7 @@ class Block(nn.Module):
             param_dtype=self.param_dtype,
             name="mlp",
         )
-        return residual(x, mlp, "mlp")  # (B, T, D)
+        return _logical.batch_split(residual(x, mlp, "mlp"))  # (B, T, D)
 
 
 def layer_norm(eps: float, dtype, param_dtype, name: str | None = None) -> nn.LayerNorm:

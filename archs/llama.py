@@ -207,6 +207,7 @@ class LlamaBlock(nn.Module):
             param_dtype=self.param_dtype,
             name="attention",
         )
+        x = _logical.batch_split(x)
         x = x + attention(norm("attention_norm")(x), decode=decode)
         mlp = self.mlp(
             self.mlp_dim,
@@ -215,7 +216,7 @@ class LlamaBlock(nn.Module):
             param_dtype=self.param_dtype,
             name="mlp",
         )
-        return x + mlp(norm("mlp_norm")(x))  # (B, T, D)
+        return _logical.batch_split(x + mlp(norm("mlp_norm")(x)))  # (B, T, D)
 
 
 class Llama(nn.Module):

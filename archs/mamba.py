@@ -273,7 +273,9 @@ class Mamba(nn.Module):
                 param_dtype=self.param_dtype,
                 name=f"layer_{i}",
             )
-            h = h + mixer(norm(f"norm_{i}")(h), decode=decode)
+            h = _logical.batch_split(
+                h + mixer(norm(f"norm_{i}")(_logical.batch_split(h)), decode=decode)
+            )
         return embed.attend(norm("norm_f")(h))  # (B, T, V), the embedding as output projection
 
 

@@ -49,10 +49,12 @@ class MixerLayer(nn.Module):
                 name=name,
             )
 
+        x = _logical.batch_split(x)
         y = jnp.swapaxes(norm("ln_token")(x), 1, 2)  # (B, C, S): mix across patches
         x = x + jnp.swapaxes(mlp(self.tokens_mlp_dim, None, "token_mixing")(y), 1, 2)  # (B, S, C)
         y = norm("ln_channel")(x)  # (B, S, C): mix across channels
-        return x + mlp(self.channels_mlp_dim, "embed", "channel_mixing")(y)  # (B, S, C)
+        y = mlp(self.channels_mlp_dim, "embed", "channel_mixing")(y)
+        return _logical.batch_split(x + y)  # (B, S, C)
 
 
 class MLPMixer(nn.Module):

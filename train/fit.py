@@ -140,8 +140,9 @@ def _start(recipe: Recipe, x: np.ndarray, total_steps: int, placement):
             shapes = jax.eval_shape(create, jax.random.key(0))
             shardings = placement.state(shapes, archs.logical_axes(module, spec))
             init = jax.jit(create, out_shardings=shardings)
+            step = jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, None))
             steps = {
-                "step": jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, None)),
+                "step": placement.traced(step),
                 "copy": jax.jit(_copy_tree, out_shardings=shardings),
             }
         _INIT_CACHE[key] = (init, schedule, steps)

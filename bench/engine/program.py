@@ -204,7 +204,8 @@ def compile_cell(plan: Plan | Cell, devices, abstract: bool = False):
     # A cached trace or executable of an earlier cell of the same shapes would make lower_s and
     # compile_s lie: evict this function's caches (not the process's, which other code uses).
     step_fn.clear_cache()
-    lowered, compiled, lower_s, compile_s, cache = lower_and_compile(step_fn, *args)
+    with sharding.layout(cell.sharding, devices, cell.mesh).activations():
+        lowered, compiled, lower_s, compile_s, cache = lower_and_compile(step_fn, *args)
     facts = {
         "lower_s": lower_s,
         "compile_s": compile_s,

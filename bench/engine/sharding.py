@@ -26,11 +26,13 @@ cells are "unsupported", as are those whose named dimension the mesh axis does n
 Optimizer moments mirror the parameters' paths and get their names. Parts combine with "+"
 (`fsdp+tp` over `--mesh data=2,model=2`): the tables first, then the fill on a free
 dimension. Without an explicit mesh, a part uses all devices on its one mesh axis ("model"
-for tp), and the others all devices on "data".
+for tp), and the others all devices on "data". Whatever the strategy, the activations a
+family names "batch" stay split as the batch is (`Layout.activations`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from archbench.archs import _logical
 from archbench.errors import Unsupported, UserError
 
 AXES = ("data", "model")
@@ -202,6 +205,26 @@ class Layout:
 
     def __contains__(self, part: str) -> bool:
         return part in self.parts
+
+    def activations(self):
+        """A context for tracing a step: the activations a family marks as split by batch
+        (archs._logical.batch_split) are constrained to the batch's sharding. Without it XLA
+        may resolve the batch split and an FSDP weight split over the same mesh axis by
+        gathering the batch, and every device would hold the whole batch's activations.
+        On one device: no constraint."""
+        if self.mesh.size == 1:
+            return contextlib.nullcontext()
+        return _logical.split_batches_as(self.batch)
+
+    def traced(self, jitted):
+        """`jitted` (a jax.jit function), called inside `activations()`: whenever it traces,
+        at its first call, it sees the constraints, as the engine's measured step does."""
+
+        def call(*args):
+            with self.activations():
+                return jitted(*args)
+
+        return call
 
     def state(self, abstract_state, logical: Mapping[tuple[str, ...], tuple] | None = None):
         """Shardings for every array of `abstract_state` (a pytree of ShapeDtypeStructs).
