@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from archbench.archs import _conv, _logical
+from archbench.archs._pooling import max_pool
 from archbench.archs.inputs import CIFAR, IMAGENET, InputSpec
 from archbench.archs.registry import ArchSpec, Size, register
 
@@ -68,7 +69,7 @@ class InceptionBlock(nn.Module):
         b3 = self.conv(n3x3, (3, 3))(b3)
         b5 = self.conv(reduce5, (1, 1))(x)
         b5 = self.conv(n5x5, (5, 5))(b5)
-        bp = nn.max_pool(x, (3, 3), padding="SAME")
+        bp = max_pool(x, (3, 3), padding="SAME")
         bp = self.conv(pool_proj, (1, 1))(bp)
         return jnp.concatenate([b1, b3, b5, bp], axis=-1)  # (B, H, W, sum of branch widths)
 
@@ -93,7 +94,7 @@ class GoogLeNet(nn.Module):
         conv = partial(
             ConvReLU, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype
         )
-        pool = partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2), padding="SAME")
+        pool = partial(max_pool, window_shape=(3, 3), strides=(2, 2), padding="SAME")
         c1, r2, c2 = self.stem_widths
         x = conv(c1, (7, 7), 2)(x)  # (B, 112, 112, 64) at 224x224
         x = pool(x)  # (B, 56, 56, 64)

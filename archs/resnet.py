@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from archbench.archs import _conv, _logical, _remat
+from archbench.archs._pooling import max_pool
 from archbench.archs.inputs import CIFAR, IMAGENET
 from archbench.archs.registry import ArchSpec, Size, register
 
@@ -116,7 +117,7 @@ class ResNet(nn.Module):
         if self.stem == "imagenet":
             x = conv(self.widths[0], (7, 7), 2, padding=3, name="stem_conv")(x)  # (B, 112, 112, 64)
             x = self.act(norm(name="stem_bn")(x))
-            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))  # (B, 56, 56, 64)
+            x = max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))  # (B, 56, 56, 64)
         elif self.stem == "cifar":
             x = conv(self.widths[0], (3, 3), padding=1, name="stem_conv")(x)  # (B, 32, 32, 16)
             x = self.act(norm(name="stem_bn")(x))
