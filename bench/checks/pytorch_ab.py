@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import jax
 
 from archbench import archs
+from archbench.checks.served import Served
 from archbench.engine import xla_options
 from archbench.engine.cell import Cell, input_spec, validate
 from archbench.engine.measure import prepare, time_rounds
@@ -46,36 +46,23 @@ FAMILIES += ("mixer", "mamba", "gru", "rnn", "deep_rnn", "mlp", "cnn")
 MODES = ("train", "infer")
 
 
-class Torch:
+class Torch(Served):
     """The PyTorch process: one request, one answer, in JSON lines."""
 
     def __init__(self, python: str):
         # its warnings, and on a crash its last line; closed by close()
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [python, str(SERVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self.log, text=True, cwd=SERVER.parent,
-        )  # fmt: skip
+        super().__init__(
+            [python, str(SERVER)], self._last_words, _plain, stderr=self.log, cwd=SERVER.parent
+        )
 
-    def ask(self, **request) -> dict:
-        try:
-            self.process.stdin.write(json.dumps(request, default=_plain) + "\n")
-            self.process.stdin.flush()
-            line = self.process.stdout.readline()
-        except BrokenPipeError:
-            line = ""
-        if not line:
-            self.log.seek(0)
-            last = [x for x in self.log.read().splitlines() if x.strip()] or ["no output"]
-            raise UserError(f"the PyTorch process ended: {last[-1]}")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(answer["error"])
-        return answer
+    def _last_words(self) -> str:
+        self.log.seek(0)
+        last = [x for x in self.log.read().splitlines() if x.strip()] or ["no output"]
+        return f"the PyTorch process ended: {last[-1]}"
 
     def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait()
+        super().close()
         self.log.close()
 
 

@@ -22,13 +22,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
 import numpy as np
 
 from archbench import archs
+from archbench.checks.served import Served
 from archbench.engine import xla_options
 from archbench.engine.fields import BY_NAME
 from archbench.errors import UserError
@@ -84,31 +84,16 @@ def share(prepared, save: str | None, load: str | None) -> None:
         prepared.state = state.replace(params=params, batch_stats=stats)
 
 
-class Process:
+class Process(Served):
     """One set's process."""
 
     def __init__(self, name: str):
         self.name = name
-        self.process = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", "archbench.checks.xla_ab", "--serve"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            lambda: f"the process of --sets {name} ended (its stderr is above)",
             env=xla_options.worker_environment(name),
-        )  # fmt: skip
-
-    def ask(self, **request) -> dict:
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            raise UserError(f"the process of --sets {self.name} ended (its stderr is above)")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(answer["error"])
-        return answer
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait()
+        )
 
 
 def run_cell(cell: dict, processes: list[Process], args, folder: str) -> list[dict]:
