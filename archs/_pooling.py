@@ -15,6 +15,7 @@ a slice, a compare and a pad, which XLA fuses.
 
 from __future__ import annotations
 
+import itertools
 from functools import partial
 
 import flax.linen as nn
@@ -50,7 +51,7 @@ def _backward(window, strides, pads, residuals, g):
     out = y.shape[1:-1]
     taken = jnp.zeros(y.shape, bool)
     grad = jnp.zeros(xp.shape, g.dtype)
-    for offset in _offsets(window):
+    for offset in itertools.product(*map(range, window)):  # row-major: select_and_scatter's order
         # the input each output position sees at this offset of its window
         start = (0, *offset, 0)
         limit = (
@@ -69,13 +70,6 @@ def _backward(window, strides, pads, residuals, g):
         )
     inner = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, x.shape[1:-1], strict=True))
     return (grad[(slice(None), *inner, slice(None))].astype(x.dtype),)
-
-
-def _offsets(window):
-    """Every offset of a window, in row-major order (select_and_scatter's scan order)."""
-    if not window:
-        return [()]
-    return [(i, *rest) for i in range(window[0]) for rest in _offsets(window[1:])]
 
 
 _max_pool.defvjp(_forward, _backward)
