@@ -4,6 +4,8 @@ import tempfile
 
 import pytest
 
+from tests import xla_flags
+
 # Tests run on the CPU unless told otherwise, with the project's PRNG (see archbench/cli/main.py).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
@@ -30,6 +32,9 @@ else:
     _OWN_CACHE = False
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["ARCHBENCH_TESTS_XLA_CACHE"])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# ...and with LLVM's optimisations off, which changes no program, only how long XLA:CPU takes
+# to emit its machine code (tests/xla_flags.py says why that is safe).
+xla_flags.set_for_this_run()
 
 
 def pytest_unconfigure(config):

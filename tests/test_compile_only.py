@@ -15,6 +15,7 @@ from archbench.cli.main import main
 from archbench.engine import aot
 from archbench.engine.cell import Cell
 from archbench.matrix import results
+from tests import xla_flags
 
 GPT_BASE_FSDP = """
 import json
@@ -34,7 +35,7 @@ def test_gpt_base_fsdp_on_eight_devices_compiles_with_an_eighth_of_the_state_per
     each device's arguments are about one eighth of the parameters and Adam's two moments,
     and the activations stay split by batch: the step all-reduces at most the gradients
     (without the constraint, XLA all-reduced activations too: 584 MB against 498 MB)."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags.with_devices(8)}
     proc = subprocess.run(
         [sys.executable, "-c", GPT_BASE_FSDP], env=env, capture_output=True, text=True
     )

@@ -18,6 +18,7 @@ import archbench
 from archbench.engine import analysis, jaxpr_cost
 from archbench.matrix import results
 from archbench.report import counts
+from tests import xla_flags
 from tests.test_old_results import OLD
 
 
@@ -115,7 +116,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def two_devices():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags.with_devices(2)}
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
     )

@@ -22,6 +22,7 @@ from archbench.archs.registry import ArchSpec, Size
 from archbench.checks import harness as check_harness
 from archbench.engine import autobatch, measure, peaks
 from archbench.engine.measure import Cell
+from tests import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"target_s": 0.2, "min_round_s": 0.01, "warmup": 1}
@@ -348,7 +349,7 @@ def test_data_parallel_step_matches_one_device_on_eight_cpu_devices():
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "XLA_FLAGS": xla_flags.with_devices(8),
     }
     proc = subprocess.run(
         [sys.executable, "-c", MULTI_DEVICE], cwd=ROOT, env=env, capture_output=True, text=True

@@ -21,6 +21,7 @@ from archbench.cli import processes
 from archbench.cli.main import main
 from archbench.engine.measure import Cell, prepare
 from archbench.matrix import cells, results
+from tests import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "results-v0.1-jax0.10.json"
@@ -56,7 +57,7 @@ def free_port() -> int:
 def environment(tmp_path, devices_per_process: int) -> dict:
     env = {k: v for k, v in os.environ.items() if "_proxy" not in k.lower()}  # JAX warns on them
     env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+        XLA_FLAGS=xla_flags.with_devices(devices_per_process),
         JAX_PLATFORMS="cpu",
         TMPDIR=str(tmp_path),  # where a native log of an abort goes
     )

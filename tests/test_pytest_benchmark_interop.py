@@ -15,6 +15,7 @@ import pytest
 
 from archbench.cli.main import main
 from archbench.matrix import interop, results
+from tests import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).with_name("fixtures") / "results-v0.1-jax0.10.json"
@@ -100,7 +101,7 @@ def pytest_straight(*args, env=None, timeout=300) -> subprocess.CompletedProcess
 
 def test_pytest_benchmark_only_on_bench_times_the_cells_and_records_the_machine(tmp_path):
     out = tmp_path / "straight.json"
-    flags = "--xla_force_host_platform_device_count=2"
+    flags = xla_flags.with_devices(2)
     done = pytest_straight(
         "--benchmark-only", "bench/", *TINY, "--target-s", "0.1", "--archbench-out", str(out),
         env={"XLA_FLAGS": flags, "JAX_DEFAULT_MATMUL_PRECISION": "highest"},

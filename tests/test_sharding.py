@@ -24,6 +24,7 @@ from archbench import archs
 from archbench.archs import Unsupported, UserError
 from archbench.engine import analysis, sharding
 from archbench.engine.cell import Cell, from_id, validate
+from tests import xla_flags
 
 SCRIPT = textwrap.dedent(
     """
@@ -113,7 +114,7 @@ def four_devices():
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": xla_flags.with_devices(4),
     }
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, json.dumps(CASES)], env=env, capture_output=True, text=True

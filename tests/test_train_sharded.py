@@ -21,6 +21,7 @@ import textwrap
 import pytest
 
 from archbench.cli.main import main
+from tests import xla_flags
 
 SCRIPT = textwrap.dedent(
     """
@@ -135,7 +136,7 @@ def runs(tmp_path_factory):
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": xla_flags.with_devices(4),
     }
     root = tmp_path_factory.mktemp("sharded")
     proc = subprocess.run(
