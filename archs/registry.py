@@ -147,15 +147,24 @@ def cells(pattern: str = "*", sizes: tuple[str, ...] | None = None) -> list[tupl
 
 def init_variables(module: nn.Module, input_spec: InputSpec, key: jax.Array, batch: int = 1):
     """Initialise all variable collections (params, batch_stats, ...) for a batch of zeros."""
-    x = jax.tree.map(jnp.zeros_like, input_spec.example(jax.random.key(0), batch))
-    # Jitted, so that all initialisers compile as one program: run eagerly, each parameter
-    # shape compiles its own random-number kernel, which dominates a tiny model's init time.
-    init = jax.jit(lambda k, x: _init_boxed(module, k, x))
-    return nn.unbox(init(key, x))  # plain arrays: no consumer sees the logical names' boxes
+    shapes = jax.eval_shape(lambda k: input_spec.example(k, batch), jax.random.key(0))
+    x = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    try:
+        hash(module)
+    except TypeError:  # a plugin's module with an unhashable field: traced on every call
+        return nn.unbox(jax.jit(functools.partial(_init_boxed, module))(key, x))
+    return nn.unbox(_init_jitted(module, key, x))  # plain arrays: no consumer sees the boxes
 
 
 def _init_boxed(module: nn.Module, key: jax.Array, x):
     return module.init({"params": key, "dropout": key}, x, train=False)
+
+
+# Jitted, so that all initialisers compile as one program: run eagerly, each parameter shape
+# compiles its own random-number kernel, which dominates a tiny model's init time. The module
+# is static (flax modules hash and compare by their fields): the same model initialised
+# again, with any key, reuses its trace and executable.
+_init_jitted = jax.jit(_init_boxed, static_argnums=0)
 
 
 def logical_axes(module: nn.Module, input_spec: InputSpec) -> dict[tuple[str, ...], tuple]:
