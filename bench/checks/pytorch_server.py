@@ -14,8 +14,10 @@ talks to it in JSON lines on stdin and stdout:
 - A failure answers {"error": "one line"}.
 
 A train step is forward, cross-entropy (next-token for a language model; Mixtral adds its
-router's load-balancing loss), backward and AdamW's update, as archbench's train step;
-infer is a forward pass under torch.inference_mode.
+router's load-balancing loss), backward, the accuracy and the gradients' global norm, and
+AdamW's update, as archbench's train step (the metrics stay tensors, as archbench's stay on
+the device: neither step waits for them); infer is a forward pass under
+torch.inference_mode.
 """
 
 from __future__ import annotations
@@ -46,16 +48,14 @@ def make_batch(spec: dict, batch: int, generator: torch.Generator):
 
 
 def _loss(model: nn.Module, spec: dict, x, y):
+    """(loss, logits, labels): the logits and labels of every predicted position, flat."""
     out = model(x)
     logits = getattr(out, "logits", out)
     if spec["task"] == "lm":  # next-token: positions 0..T-2 predict 1..T-1
-        loss = nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1)
-        )
-    else:
-        loss = nn.functional.cross_entropy(logits, y)
+        logits, y = logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1)
+    loss = nn.functional.cross_entropy(logits, y)
     aux = getattr(out, "aux_loss", None)  # Mixtral's load balancing, already weighted
-    return loss if aux is None else loss + aux
+    return (loss if aux is None else loss + aux), logits, y
 
 
 class Stepper:
@@ -78,8 +78,13 @@ class Stepper:
 
             def step():
                 optimizer.zero_grad(set_to_none=True)
-                _loss(self.model, spec, self.x, self.y).backward()
+                loss, logits, labels = _loss(self.model, spec, self.x, self.y)
+                loss.backward()
+                with torch.no_grad():  # the metrics archbench's train step returns
+                    accuracy = (logits.argmax(-1) == labels).float().mean()
+                    grad_norm = nn.utils.get_total_norm([p.grad for p in trainable])
                 optimizer.step()
+                return loss.detach(), accuracy, grad_norm
         else:
             self.model.eval()
 
