@@ -32,6 +32,12 @@ else:
     _OWN_CACHE = False
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["ARCHBENCH_TESTS_XLA_CACHE"])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The CPU's peaks (matmul TFLOP/s, copy bandwidth) are measured by the first process that needs
+# them and read back by the others (archbench.engine.peaks.PEAKS_FILE): about two seconds each
+# for every `archbench run` the tests start.
+os.environ.setdefault(
+    "ARCHBENCH_PEAKS_FILE", os.path.join(os.environ["ARCHBENCH_TESTS_XLA_CACHE"], "peaks.json")
+)
 # ...and with LLVM's optimisations off, which changes no program, only how long XLA:CPU takes
 # to emit its machine code (tests/xla_flags.py says why that is safe).
 xla_flags.set_for_this_run()

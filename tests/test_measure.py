@@ -286,6 +286,33 @@ def test_datasheet_float32_peak_follows_matmul_precision():
     assert peaks.datasheet_peak(peaks.datasheet_for("TPU v5 lite"), "float32")[0] == 197.0
 
 
+def test_measured_peaks_are_kept_for_the_next_process_with_the_same_options(tmp_path, monkeypatch):
+    """A figure measured once is read back by a process with the same key, and only then."""
+    kept = tmp_path / "peaks.json"
+    monkeypatch.setenv(peaks.PEAKS_FILE, str(kept))
+    device = jax.devices()[0]
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return 1.5, "measured here"
+
+    assert peaks._shared("matmul float32", device, measure) == (1.5, "measured here")
+    figure, basis = peaks._shared("matmul float32", device, measure)  # as a later process
+    assert (figure, len(calls)) == (1.5, 1) and "earlier process" in basis
+    # other XLA options compile other kernels: measured again, and both kept
+    monkeypatch.setenv(
+        "XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_fast_math=true"
+    )
+    assert peaks._shared("matmul float32", device, measure)[1] == "measured here"
+    assert len(calls) == 2 and len(json.loads(kept.read_text())) == 2
+    kept.write_text("not json")  # a damaged file is measured over, never an error
+    assert peaks._shared("matmul float32", device, measure)[1] == "measured here"
+    monkeypatch.delenv(peaks.PEAKS_FILE)  # no file: every process measures
+    assert peaks._shared("matmul float32", device, measure)[1] == "measured here"
+    assert len(calls) == 4
+
+
 def test_device_info_describes_the_machine():
     info = measure.device_info()
     assert info["backend"] == jax.default_backend() and info["device_count"] >= 1

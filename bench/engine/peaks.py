@@ -16,6 +16,8 @@ datasheet figure).
 from __future__ import annotations
 
 import functools
+import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -106,9 +108,48 @@ def _best_time(run, runs: int = 5, spend_s: float = 0.2, most: int = 200) -> flo
     return best
 
 
+# ---- measured figures, shared by the processes of one session ----------------------------------
+#
+# A process measures a CPU's peaks once (about two seconds). Where ARCHBENCH_PEAKS_FILE names a
+# JSON file, the figures measured are kept there, keyed by what they depend on (the figure, the
+# device kind, JAX's version and the XLA options in force), and a later process with the same
+# key reads them instead of measuring again: the processes of one session (a test run, a
+# script's `archbench run`s) then share one roof, and none measures while another runs.
+PEAKS_FILE = "ARCHBENCH_PEAKS_FILE"
+
+
+def _shared(what: str, device: jax.Device, measure) -> tuple[float, str]:
+    """`measure()` -> (figure, basis), or the figure an earlier process kept in PEAKS_FILE."""
+    path = os.environ.get(PEAKS_FILE)
+    if not path:
+        return measure()
+    key = json.dumps([what, device.device_kind, jax.__version__, os.environ.get("XLA_FLAGS", "")])
+    kept = _read_kept(path)
+    if key in kept:
+        figure, basis = kept[key]
+        return figure, f"{basis}; kept in {PEAKS_FILE} by an earlier process"
+    figure, basis = measure()
+    kept = {**_read_kept(path), key: [figure, basis]}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(kept, f)
+    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
+    return figure, basis
+
+
+def _read_kept(path: str) -> dict:
+    try:
+        with open(path) as f:
+            kept = json.load(f)
+    except (OSError, ValueError):  # none yet, or unreadable: measure
+        return {}
+    return kept if isinstance(kept, dict) else {}
+
+
 @functools.cache
 def measured_matmul_tflops(dtype: str, device: jax.Device) -> tuple[float, str]:
-    """Best TFLOP/s of square matmuls on `device`, measured once per process, device and dtype.
+    """Best TFLOP/s of square matmuls on `device`, measured once per process, device and dtype
+    (or read from PEAKS_FILE).
 
     A peak is the best throughput observed, so this takes the maximum over sizes 512, 1024
     and 2048 (stopping early once one product takes over 0.25 s), five runs or more each
@@ -118,6 +159,10 @@ def measured_matmul_tflops(dtype: str, device: jax.Device) -> tuple[float, str]:
     Returns:
       (TFLOP/s, a description of what was run).
     """
+    return _shared(f"matmul {dtype}", device, lambda: _measure_matmul(dtype, device))
+
+
+def _measure_matmul(dtype: str, device: jax.Device) -> tuple[float, str]:
     matmul = jax.jit(lambda a, b: a @ b)
     best_tflops, best_n = 0.0, 0
     for n in (512, 1024, 2048):
@@ -203,8 +248,12 @@ def measured_copy_bandwidth(device: jax.Device) -> tuple[float, str]:
     than the same pass in place). Several sizes, as for the matmul peak: XLA's bytes accessed
     count every operand of every fusion, most of which a CPU serves from its caches, so the
     roof is the fastest level the pass reaches, not main memory alone; a roof below the best
-    would not bound them (roofline efficiencies above 1).
+    would not bound them (roofline efficiencies above 1). Kept in PEAKS_FILE as above.
     """
+    return _shared("copy", device, lambda: _measure_copy(device))
+
+
+def _measure_copy(device: jax.Device) -> tuple[float, str]:
     copy = jax.jit(lambda x: x + 1.0, donate_argnums=0)
     best_rate, best_mib = 0.0, 0
     for mib in (1, 4, 16, 64):
