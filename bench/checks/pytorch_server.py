@@ -82,7 +82,9 @@ class Stepper:
                 loss.backward()
                 with torch.no_grad():  # the metrics archbench's train step returns
                     accuracy = (logits.argmax(-1) == labels).float().mean()
-                    grad_norm = nn.utils.get_total_norm([p.grad for p in trainable])
+                    grad_norm = nn.utils.get_total_norm(
+                        [p.grad for p in trainable if p.grad is not None]
+                    )
                 optimizer.step()
                 return loss.detach(), accuracy, grad_norm
         else:
