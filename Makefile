@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	  "none found: make PYTHON=/path/to/python3.12" >&2; exit 1; }
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --no-compile -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null  # pip's byte-compiling, on every core
 	touch $(STAMP)
 
 # The main job: every architecture at its small size, train and infer, float32, one device.
