@@ -124,16 +124,18 @@ def _shared(what: str, device: jax.Device, measure) -> tuple[float, str]:
     if not path:
         return measure()
     key = json.dumps([what, device.device_kind, jax.__version__, os.environ.get("XLA_FLAGS", "")])
-    kept = _read_kept(path)
-    if key in kept:
-        figure, basis = kept[key]
-        return figure, f"{basis}; kept in {PEAKS_FILE} by an earlier process"
+    hit = _read_kept(path).get(key)
+    if isinstance(hit, list) and len(hit) == 2 and isinstance(hit[0], (int, float)):
+        return hit[0], f"{hit[1]}; kept in {PEAKS_FILE} by an earlier process"
     figure, basis = measure()
     kept = {**_read_kept(path), key: [figure, basis]}
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(kept, f)
-    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
+    try:
+        with open(tmp, "w") as f:
+            json.dump(kept, f)
+        os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
+    except OSError:  # a folder that is gone or read-only: the figure stands, unkept
+        pass
     return figure, basis
 
 
