@@ -112,6 +112,7 @@ def test_two_sets_run_in_two_processes_into_one_file(tmp_path, monkeypatch, caps
     assert rows["none"]["xla_flags"] == user
     assert rows["cpu-no-ynn"]["xla_flags"] == f"{NO_YNN} {user}"
     assert {r["user_xla_flags"] for r in rows.values()} == {user}
+    assert {r["process_cpus"] for r in rows.values()} == {xla_options.cpus()}
     # each process compiled with its own options: YNNPACK's fusions only where it was on
     for name, ynn in (("none", True), ("cpu-no-ynn", False)):
         text = Path(rows[name]["hlo_file"]).read_text()
@@ -124,3 +125,36 @@ def test_two_sets_run_in_two_processes_into_one_file(tmp_path, monkeypatch, caps
     assert main(["report", str(out), "--md", str(md)]) == 0
     section = md.read_text().split("## Xla options", 1)[1]
     assert "| cpu-no-ynn |" in section and "| none |" in section
+
+
+PINNED = """
+import collections, json, os
+import jax, jax.numpy as jnp
+from archbench.engine import xla_options
+x = jnp.ones((64, 64))
+jax.jit(lambda a: jnp.tanh(a @ a).sum())(x).block_until_ready()
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+pools = collections.Counter(n.rstrip("0123456789") for n in names if n.startswith("tf_XLA"))
+print(json.dumps({"pools": pools, "in_force": xla_options.is_in_force("cpu-one-thread"),
+                  **xla_options.in_force()}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pins CPUs: Linux only")
+def test_the_one_thread_set_gives_xla_one_thread_per_pool():
+    # XLA sizes its CPU thread pools from the process's affinity; Eigen's single-threaded
+    # option alone leaves two threads running on two CPUs, so the set pins its process
+    env = xla_options.worker_environment("cpu-one-thread")
+    done = subprocess.run(
+        [sys.executable, "-c", PINNED], env=env, preexec_fn=xla_options.pin("cpu-one-thread"),
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["pools"] and set(seen["pools"].values()) == {1}, seen["pools"]
+    assert seen["process_cpus"] == 1 and seen["in_force"]
+    assert "--xla_cpu_multi_thread_eigen=false" in seen["xla_flags"]
+    if xla_options.cpus() > 1:  # this process has more: the set is not in force here
+        assert not xla_options.is_in_force("cpu-one-thread")
+        with pytest.raises(UserError, match=r"and 1 CPU\(s\) before JAX starts"):
+            xla_options.check("cpu-one-thread")

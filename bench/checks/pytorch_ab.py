@@ -13,8 +13,8 @@ parameter counts must agree: a cell whose counts differ is an error, not a figur
 blocks alternate, archbench, PyTorch, archbench, ..., `--repeats` PyTorch blocks in all, and
 each ratio is the mean of the two archbench blocks around a PyTorch block over that block
 (archbench / PyTorch: below 1, archbench is faster). Printed: the ratio per family and mode
-(median, range), then each cell's milliseconds. XLA's threads are XLA_FLAGS' (the
-cpu-one-thread set of archbench.engine.xla_options for one), PyTorch's --torch-threads.
+(median, range), then each cell's milliseconds. XLA runs a thread per CPU this process may use
+(`taskset -c 0 python -m ...` for one; no XLA option sets it), PyTorch --torch-threads.
 Exit 1 if a cell failed or its counts differ, 2 on bad input.
 """
 
@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         torch = Torch(args.torch_python)
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         print(
-            f"{args.size} b{args.batch} float32 on {jax.devices()[0].device_kind}; load average "
+            f"{args.size} b{args.batch} float32 on {jax.devices()[0].device_kind} "
+            f"({xla_options.cpus()} CPUs); load average "
             f"{load}; {args.repeats} A-B-A passes of {args.target_s:g} s blocks; "
             f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; ratio = archbench / PyTorch",
             flush=True,

@@ -93,6 +93,7 @@ class Process(Served):
             [sys.executable, "-m", "archbench.checks.xla_ab", "--serve"],
             lambda: f"the process of --sets {name} ended (its stderr is above)",
             env=xla_options.worker_environment(name),
+            preexec_fn=xla_options.pin(name),
         )
 
 

@@ -94,7 +94,8 @@ def run(args: argparse.Namespace, sets: list[str], out: Path, add_arguments: Cal
         env = {**xla_options.worker_environment(name), **locks.lend(out)}
         said = " ".join(f"{v}={env[v]!r}" for v in xla_options.VARIABLES if env.get(v))
         print(f"archbench: --xla-options {name}: {said or 'no XLA options'}", file=sys.stderr)
-        code = _wait(subprocess.Popen([sys.executable, "-m", "archbench", "run", *argv], env=env))
+        worker = [sys.executable, "-m", "archbench", "run", *argv]
+        code = _wait(subprocess.Popen(worker, env=env, preexec_fn=xla_options.pin(name)))
         if code not in (0, 1):
             return code
         worst = max(worst, code)

@@ -4,7 +4,9 @@ XLA reads its options from the environment once per process, when JAX starts its
 backend: `XLA_FLAGS` for the CPU and GPU compilers, `LIBTPU_INIT_ARGS` for libtpu. A set is
 therefore a property of the process a cell runs in, and `archbench run --xla-options a,b`
 runs each set in a process of its own (archbench.cli.xla_workers). A process may run the
-cells of a set only when its environment already holds what the set asks for (`check`).
+cells of a set only when its environment already holds what the set asks for (`check`). A
+set may also pin its process to fewer CPUs (`OptionSet.cpus`, applied by `pin` when the
+worker starts): XLA's CPU runtime sizes its thread pools from the process's affinity.
 
 The user's own `XLA_FLAGS` and `LIBTPU_INIT_ARGS` always win: a set's option that the user
 also sets is left out, and the user's string follows the set's (`compose`). Every record
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from archbench.errors import UserError
@@ -40,6 +42,9 @@ class OptionSet:
     name: str
     about: str  # what it is for, and where its figures or its source are
     options: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The CPUs the process may run on (its affinity), None for all it has. XLA's CPU runtime
+    # sizes its thread pools from the process's affinity, and no XLA option sets them.
+    cpus: int | None = None
 
     def flags(self, backends: tuple[str, ...]) -> list[str]:
         return [flag for b in backends for flag in self.options.get(b, ())]
@@ -90,12 +95,18 @@ SETS: dict[str, OptionSet] = {
             "CPU: fast math (changes outputs)",
             {"cpu": ("--xla_cpu_enable_fast_math=true",)},
         ),
-        # Eigen's single-threaded mode: XLA's side of a one-thread comparison (PyTorch's
-        # torch.set_num_threads(1)); docs/performance.md's per-op profiles run this way.
+        # One thread: XLA's side of a one-thread comparison (PyTorch's
+        # torch.set_num_threads(1)) and of per-op profiles whose events add up to the step.
+        # Eigen's single-threaded mode alone is not that: in jaxlib 0.12 the process still
+        # runs two tf_XLAEigen threads on a 2-CPU machine, and YNNPACK's dots and
+        # convolutions use them (vit small infer: 23 ms, 1.9 CPU s per second, with the flag
+        # or without). Its process is pinned to one CPU, which gives XLA one thread of each
+        # pool ("The same cell, a different speed" in docs/performance.md).
         OptionSet(
             "cpu-one-thread",
-            "CPU: Eigen single-threaded (one-thread comparisons and profiles)",
+            "CPU: one thread (the process pinned to one CPU, Eigen single-threaded)",
             {"cpu": ("--xla_cpu_multi_thread_eigen=false",)},
+            cpus=1,
         ),
         # The latency-hiding scheduler overlaps collectives with compute: recommended by
         # JAX's "GPU performance tips" and set in NVIDIA's JAX-Toolbox images. Matters for
@@ -173,10 +184,33 @@ def worker_environment(name: str, environ: Mapping[str, str] | None = None) -> d
     return environ
 
 
+def cpus() -> int | None:
+    """How many CPUs this process may run on (its affinity); None where the OS has no
+    affinity to read (macOS)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+def pin(name: str) -> Callable[[], None] | None:
+    """What a worker process for set `name` must run before it starts (subprocess's
+    preexec_fn): its affinity to the set's CPUs, the first of this process's. None for a set
+    that leaves the CPUs alone; UserError where the OS cannot pin a process."""
+    wanted = get(name).cpus
+    if wanted is None:
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        raise UserError(f"xla_options {name!r} pins its process to {wanted} CPU(s): Linux only")
+    mine = set(sorted(os.sched_getaffinity(0))[:wanted])
+    return lambda: os.sched_setaffinity(0, mine)
+
+
 def is_in_force(name: str, environ: Mapping[str, str] | None = None) -> bool:
-    """Whether this process's environment is what set `name` needs. It reads the
-    environment: a process that changed XLA_FLAGS after JAX started its backend runs with
-    the flags it started with, whatever this says."""
+    """Whether this process's environment is what set `name` needs, and for a set that pins
+    its CPUs (given no `environ`), this process's affinity. It reads the environment: a
+    process that changed XLA_FLAGS after JAX started its backend runs with the flags it
+    started with, whatever this says."""
+    wanted, have = get(name).cpus, cpus()
+    if environ is None and wanted is not None and (have is None or have > wanted):
+        return False
     environ = os.environ if environ is None else environ
     return all(environ.get(v, "") == value for v, value in environment(name, environ).items())
 
@@ -187,6 +221,9 @@ def check(name: str) -> None:
         return
     needed = "; ".join(f"{var}={value!r}" for var, value in environment(name).items() if value)
     have = "; ".join(f"{var}={os.environ.get(var, '')!r}" for var in VARIABLES)
+    wanted = get(name).cpus
+    if wanted is not None:
+        needed, have = f"{needed} and {wanted} CPU(s)", f"{have} and {cpus()} CPU(s)"
     raise UserError(
         f"xla_options {name!r} needs {needed or 'no XLA options'} before JAX starts, and this "
         f"process has {have}; XLA reads them once per process: set them before importing jax, "
@@ -194,14 +231,16 @@ def check(name: str) -> None:
     )
 
 
-def in_force() -> dict[str, str | None]:
+def in_force() -> dict[str, str | int | None]:
     """The record's keys: each variable as this process has it and the user's own part."""
     keys = {}
     for var in VARIABLES:
         keys[var.lower()] = os.environ.get(var) or None
         keys["user_" + var.lower()] = user_value(var) or None
+    keys["process_cpus"] = cpus()  # XLA's CPU thread pools are this many threads each
     return keys
 
 
 # The keys in_force gives every record: xla_flags, user_xla_flags, libtpu_init_args, ...
 RECORD_KEYS = tuple(k for var in VARIABLES for k in (var.lower(), "user_" + var.lower()))
+RECORD_KEYS += ("process_cpus",)
