@@ -1,9 +1,11 @@
 """Sharding strategies: each one's train step against the same step on one device.
 
 The sharded runs happen in a subprocess with four simulated CPU devices. Each strategy's
-prepared cell is given the one-device cell's initial state and batch (placed with the
-strategy's own shardings), takes one step, and must give the same loss and the same updated
-parameters as the one device, within float32 tolerance. The strategies are tables from the
+step is compiled as the benchmark compiles it (engine.program.compile_cell, from the state's
+shapes and shardings alone: the values come from the one device, so no sharded init is run),
+is given the one-device cell's initial state and batch (placed with the strategy's own
+shardings), takes one step, and must give the same loss and the same updated parameters as
+the one device, within float32 tolerance. The strategies are tables from the
 logical axes the families name (archbench.archs._logical) to mesh axes: a family gets tp or
 ep because it names their axes, whatever its layers are called.
 """
@@ -32,6 +34,7 @@ SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     from archbench.engine.measure import Cell, prepare
     from archbench.engine.outcome import failure
+    from archbench.engine.program import compile_cell
     from archbench.engine.sharding import path_keys, path_text
 
     def copy(a):  # the step donates its state: never hand it the arrays kept for later runs
@@ -42,14 +45,13 @@ SCRIPT = textwrap.dedent(
         is_key = jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
         return jax.random.clone(a) if is_key else np.asarray(a)
 
-    def one_step(prepared, state, batch):
-        target = (prepared.state, prepared.inputs)  # its arrays, with this strategy's shardings
+    def one_step(compiled, target, state, batch):
+        # target: the step's arguments (arrays or shapes) with this strategy's shardings
         leaves = [host(a) for a in jax.tree.leaves((state, batch))]
         values = jax.tree.unflatten(jax.tree.structure(target), leaves)
         where = jax.tree.map(lambda a: a.sharding, target)
-        prepared.state, prepared.inputs = jax.device_put(values, where)
-        metrics = prepared.step()
-        params = jax.tree.map(np.asarray, prepared.state.params)
+        new_state, metrics = compiled(*jax.device_put(values, where))
+        params = jax.tree.map(np.asarray, new_state.params)
         return float(metrics["loss"]), params
 
     def placed(state):
@@ -70,25 +72,25 @@ SCRIPT = textwrap.dedent(
     for arch, strategies in json.loads(sys.argv[1]).items():
         ref = prepare(Cell(arch, "tiny", "train", 8, "float32"))
         state, batch = jax.tree.map(copy, (ref.state, ref.inputs))
-        loss1, params1 = one_step(ref, state, batch)
+        loss1, params1 = one_step(ref.compiled, (ref.state, ref.inputs), state, batch)
         for strategy, mesh in strategies:
             cell = Cell(arch, "tiny", "train", 8, "float32", 4, sharding=strategy, mesh=mesh)
             try:
-                p = prepare(cell)
+                compiled, shapes, facts = compile_cell(cell, jax.devices()[:4], abstract=True)
             except Exception as e:
                 out[cell.id] = {"status": failure(cell, e)["status"]}
                 continue
-            specs = {str(a.sharding.spec) for a in jax.tree.leaves(p.state.params)}
-            shards, moments = placed(p.state)
-            loss, params = one_step(p, state, batch)
+            specs = {str(a.sharding.spec) for a in jax.tree.leaves(shapes[0].params)}
+            shards, moments = placed(shapes[0])
+            loss, params = one_step(compiled, shapes, state, batch)
             diff = max(
                 float(np.max(np.abs(a - b)))
                 for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(params))
             )
             out[cell.id] = {
                 "status": "ok", "loss": [loss1, loss], "max_param_diff": diff,
-                "specs": sorted(specs), "argument_bytes": p.facts["argument_bytes"],
-                "collectives": p.facts["collectives"], "shards": shards, "moments": moments,
+                "specs": sorted(specs), "argument_bytes": facts["argument_bytes"],
+                "collectives": facts["collectives"], "shards": shards, "moments": moments,
             }
     print(json.dumps(out))
     """
