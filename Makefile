@@ -5,6 +5,12 @@ PYTHON ?= $(shell for p in python3.12 python3.13 python3 \
   $$(ls -d "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -V); \
   do "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
   && { command -v "$$p"; break; }; done)
+# Python writes each module's bytecode when it is first imported, even where the environment
+# says not to: without it every process (each test worker, each `archbench run` a test
+# starts) compiles jax, flax and the rest again, about 4.5 s of CPU a process. pip leaves
+# the compiling to the first import (--no-compile): the test suite's processes import about
+# a fifth of the venv's 9,000 modules, and only those are compiled.
+unexport PYTHONDONTWRITEBYTECODE
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -19,7 +25,6 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q --no-compile -c constraints.txt -e '.[dev]'
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null  # pip's byte-compiling, on every core
 	touch $(STAMP)
 
 # The main job: every architecture at its small size, train and infer, float32, one device.
