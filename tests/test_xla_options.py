@@ -141,6 +141,9 @@ print(json.dumps({"pools": pools, "in_force": xla_options.is_in_force("cpu-one-t
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pins CPUs: Linux only")
+# pin() runs in the forked child before exec, one system call; this test's process has JAX's
+# threads (archbench's own parent of workers does not start JAX), hence Python's warning
+@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 def test_the_one_thread_set_gives_xla_one_thread_per_pool():
     # XLA sizes its CPU thread pools from the process's affinity; Eigen's single-threaded
     # option alone leaves two threads running on two CPUs, so the set pins its process
