@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 from flax.linen.linear import default_kernel_init
 
+from archbench.archs import _matmul
+
 Initializer = Callable
 Names = tuple[str | None, ...]
 
@@ -72,11 +74,13 @@ def dense(
     kernel_init: Initializer = default_kernel_init,
     bias_init: Initializer = ZEROS,
 ) -> dict:
-    """kernel_init and bias_init for an nn.Dense or nn.DenseGeneral: the kernel is
-    (*inputs, *outputs), the bias (*outputs). Splat into the layer: nn.Dense(n, **dense(...))."""
+    """kernel_init, bias_init and dot_general for an nn.Dense or nn.DenseGeneral: the kernel
+    is (*inputs, *outputs), the bias (*outputs), the product on 2-D operands (_matmul).
+    Splat into the layer: nn.Dense(n, **dense(...))."""
     return {
         "kernel_init": named(kernel_init, *inputs, *outputs),
         "bias_init": named(bias_init, *outputs),
+        "dot_general": _matmul.dot_general,
     }
 
 
