@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from archbench import archs
-from archbench.train.steps import create_train_state, jit_train_step, synthetic_batch
+from archbench.train.steps import create_train_state, first_argmax, jit_train_step, synthetic_batch
 
 ALL = archs.names()
 PUBLISHED = [(n, s) for n, s in archs.cells() if archs.get(n).size(s).published_params is not None]
@@ -97,3 +97,12 @@ def test_unknown_names_list_the_valid_ones():
         archs.get("lenet6")
     with pytest.raises(archs.UnknownNameError, match="valid: tiny, small"):
         archs.get("lenet5").size("huge")
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (3, 4, 6)])
+def test_first_argmax_is_jnp_argmax(shape):
+    # small integers: many rows hold their maximum more than once, and the first one counts
+    logits = jax.random.randint(jax.random.key(0), shape, 0, 3).astype(jnp.float32)
+    np.testing.assert_array_equal(first_argmax(logits), jnp.argmax(logits, -1))
+    logits = jax.random.normal(jax.random.key(1), shape)
+    np.testing.assert_array_equal(first_argmax(logits), jnp.argmax(logits, -1))

@@ -53,11 +53,25 @@ def create_train_state(
     )
 
 
+def first_argmax(logits: jax.Array) -> jax.Array:
+    """jnp.argmax over the last axis (the first index of the maximum) as two plain reductions:
+    the maximum, then the smallest index that holds it.
+
+    XLA:CPU runs jnp.argmax as one reduction over (value, index) pairs: 18.5 ms on one thread
+    for llama small's (32, 128, 1024) logits, against 2.4 ms for these two (PyTorch's argmax:
+    4.0 ms), 6% of that train step. The same index for every row without a NaN; a row with a
+    NaN gets the row's length (no class), where argmax gives the NaN's index.
+    """
+    top = logits.max(-1, keepdims=True)
+    index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.min(jnp.where(logits == top, index, logits.shape[-1]), -1)
+
+
 def loss_and_metrics(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
     """Mean softmax cross-entropy and accuracy over every labelled position, in float32."""
     logits = logits.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    accuracy = (jnp.argmax(logits, -1) == labels).mean()
+    accuracy = (first_argmax(logits) == labels).mean()
     return loss, {"loss": loss, "accuracy": accuracy}
 
 
