@@ -101,7 +101,8 @@ SETS: dict[str, OptionSet] = {
         # runs two tf_XLAEigen threads on a 2-CPU machine, and YNNPACK's dots and
         # convolutions use them (vit small infer: 23 ms, 1.9 CPU s per second, with the flag
         # or without). Its process is pinned to one CPU, which gives XLA one thread of each
-        # pool ("The same cell, a different speed" in docs/performance.md).
+        # pool ("The same cell, a different speed" in docs/performance.md; the affinity is
+        # also what jax-ml/jax#1539 gives as the way to limit JAX's CPU threads).
         OptionSet(
             "cpu-one-thread",
             "CPU: one thread (the process pinned to one CPU, Eigen single-threaded)",
