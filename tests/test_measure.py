@@ -306,13 +306,18 @@ def test_measured_peaks_are_kept_for_the_next_process_with_the_same_options(tmp_
     )
     assert peaks._shared("matmul float32", device, measure)[1] == "measured here"
     assert len(calls) == 2 and len(json.loads(kept.read_text())) == 2
+    # a process pinned to fewer CPUs runs XLA on fewer threads: measured again
+    monkeypatch.setattr(peaks.xla_options, "cpus", lambda: 1_000)
+    assert peaks._shared("matmul float32", device, measure)[1] == "measured here"
+    monkeypatch.undo()  # the options and the file as they were, then the damaged-file cases
+    monkeypatch.setenv(peaks.PEAKS_FILE, str(kept))
     kept.write_text("not json")  # a damaged file is measured over, never an error
     assert peaks._shared("matmul float32", device, measure)[1] == "measured here"
     monkeypatch.setenv(peaks.PEAKS_FILE, str(tmp_path / "gone" / "peaks.json"))
     assert peaks._shared("matmul float32", device, measure) == (1.5, "measured here")
     monkeypatch.delenv(peaks.PEAKS_FILE)  # no file: every process measures
     assert peaks._shared("matmul float32", device, measure)[1] == "measured here"
-    assert len(calls) == 5
+    assert len(calls) == 6
 
 
 def test_device_info_describes_the_machine():

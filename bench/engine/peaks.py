@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from archbench.engine import xla_options
+
 
 @dataclass(frozen=True)
 class Datasheet:
@@ -112,7 +114,7 @@ def _best_time(run, runs: int = 5, spend_s: float = 0.2, most: int = 200) -> flo
 #
 # A process measures a CPU's peaks once (about two seconds). Where ARCHBENCH_PEAKS_FILE names a
 # JSON file, the figures measured are kept there, keyed by what they depend on (the figure, the
-# device kind, JAX's version and the XLA options in force), and a later process with the same
+# device kind, JAX's version, the XLA options in force and the CPUs the process may use), and a later process with the same
 # key reads them instead of measuring again: the processes of one session (a test run, a
 # script's `archbench run`s) then share one roof, and none measures while another runs.
 PEAKS_FILE = "ARCHBENCH_PEAKS_FILE"
@@ -123,7 +125,9 @@ def _shared(what: str, device: jax.Device, measure) -> tuple[float, str]:
     path = os.environ.get(PEAKS_FILE)
     if not path:
         return measure()
-    key = json.dumps([what, device.device_kind, jax.__version__, os.environ.get("XLA_FLAGS", "")])
+    # XLA's CPU thread pools are as large as the CPUs the process may use (its affinity)
+    flags, cpus = os.environ.get("XLA_FLAGS", ""), xla_options.cpus()
+    key = json.dumps([what, device.device_kind, jax.__version__, flags, cpus])
     hit = _read_kept(path).get(key)
     if isinstance(hit, list) and len(hit) == 2 and isinstance(hit[0], (int, float)):
         return hit[0], f"{hit[1]}; kept in {PEAKS_FILE} by an earlier process"
