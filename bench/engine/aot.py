@@ -107,10 +107,19 @@ def largest_batch_that_fits(
     if not isinstance(plan, Plan):
         plan = plan_of(with_unit_batch(plan, always=True), target)
     unit = batch_shards(plan.with_batch(1).cell)
+    devices = (jax.devices() if target is None else list(target))[: plan.cell.devices]
     batch = unit
-    while batch * 2 <= limit:
-        record = compile_only(plan.with_batch(batch * 2), device_memory, target)
-        if not record.get("fits"):
-            break
+    while batch * 2 <= limit and _fits(plan.with_batch(batch * 2), devices, device_memory):
         batch *= 2
     return batch
+
+
+def _fits(plan: Plan, devices, device_memory: int) -> bool:
+    """Whether the cell's step compiles and needs at most `device_memory` per device (its FLOPs
+    go uncounted: the search needs only XLA's buffer assignment)."""
+    try:
+        _, _, facts = compile_cell(plan, devices, abstract=True, count=False)
+    except Exception:  # out of memory, or any other failure: the cell that fails is recorded
+        return False
+    needed = facts["compiled_bytes"]
+    return needed is not None and needed <= device_memory

@@ -181,16 +181,21 @@ def _model_flops(plan: Plan, step_fn, args, unroll: dict) -> float | None:
     return analysis.cost(lowered.compile())[0]
 
 
-def compile_cell(plan: Plan | Cell, devices, abstract: bool = False):
+def compile_cell(plan: Plan | Cell, devices, abstract: bool = False, count: bool = True):
     """Lower and compile a resolved cell's step on `devices`, timing both; raises on any failure.
 
     Args:
       plan: what to compile (archbench.engine.plan.Plan; a Cell is resolved here).
       devices: the devices of its mesh.
       abstract: compile from jax.ShapeDtypeStructs alone, allocating nothing.
+      count: count the step's FLOPs and bytes (XLA's cost analysis, the model's FLOPs, the
+        jaxpr's counts: for a cell on several devices or with a twin to count, a few more
+        traces and lowerings); False for a caller that needs only the executable and its
+        memory, such as the search for the largest batch that fits.
     Returns:
       (the compiled step, its arguments (state, batch or inputs), facts: lower_s, compile_s,
-      the cost and memory analyses, the batch sharding and the collectives).
+      the memory analysis, the batch sharding and the collectives, and with `count` the cost
+      analyses).
     """
     plan = plan_of(plan, devices if abstract else None)
     if plan.module is None:
@@ -210,13 +215,13 @@ def compile_cell(plan: Plan | Cell, devices, abstract: bool = False):
         "lower_s": lower_s,
         "compile_s": compile_s,
         "compile_cache": cache,
-        **_cost_facts(plan, step_fn, args, lowered, compiled),
+        **(_cost_facts(plan, step_fn, args, lowered, compiled) if count else {}),
         **analysis.compiled_memory(compiled),
         "batch_sharding": str(jax.tree.leaves(args[1])[0].sharding.spec),
         "batch_per_device": cell.batch // batch_shards(cell),
         **_collective_facts(compiled),
         **_state_facts(cell, state),
     }
-    # Traced after compiling, so that lower_s and compile_s are the step's own.
-    facts.update(jaxpr_cost.facts(plan, step_fn, args, facts))
+    if count:  # traced after compiling, so that lower_s and compile_s are the step's own
+        facts.update(jaxpr_cost.facts(plan, step_fn, args, facts))
     return compiled, args, facts
