@@ -71,6 +71,7 @@ def test_a_cpu_counts_the_first_device_ordinal_and_each_run_once():
     )
     assert found["program"] == "jit_step" and found["ops_timed"] == 2
     assert found["ops_time_s"] == approx(7e-6) and found["program_span_s"] == approx(8e-6)
+    assert found["product_time_s"] == approx(5e-6)  # the dot's, not the copy's
     dot = next(op for op in found["ops"] if op["name"] == "dot_fusion")
     assert dot["flops"] == 2 * 8 * 2 * 4 and dot["kind"] == "dot fusion"
     assert dot["bytes"] == 4 * (8 * 4 + 4 * 2 + 8 * 2) and dot["time_s"] == approx(5e-6)

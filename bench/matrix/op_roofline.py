@@ -13,8 +13,9 @@
   measured matmul and copy), its efficiency = bound / time, and the time lost = time - bound.
 
 DIR/<cell_id>/op_roofline.json holds the operations that lose the most time (TOP of them),
-with totals over all: what the operations' times add up to against the step time, and the
-time of `hlo_op` events the program does not name (0 unless the join is off). The record
+with totals over all: what the operations' times add up to against the step time, how much
+of it the operations holding a product take (product_time_s), and the time of `hlo_op`
+events the program does not name (0 unless the join is off). The record
 links it as `op_roofline_file`; the report lists it ("Operations furthest below their roof").
 Loops, calls and conditionals are left out where their bodies' operations are timed.
 Generate cells (a prefill and decode steps, two programs) are not analysed.
@@ -181,6 +182,9 @@ def analyse(
         "ops_timed": len(rows),
         "lost_s": sum(max(r["lost_s"], 0.0) for r in rows),
         "product_flops": sum(r["flops"] for r in rows),
+        # the operations holding a matrix product or convolution, against all the rest
+        # (elementwise and reduction fusions, copies, transposes)
+        "product_time_s": sum(r["time_s"] for r in rows if r["flops"]),
         "peak_flops_per_s": peak_flops,
         "peak_bandwidth_bytes_per_s": bandwidth,
         "ops": rows[:top],
