@@ -1,9 +1,9 @@
-"""The XLA:CPU measurements behind archs/_matmul.py and train/steps.first_argmax.
+"""The XLA:CPU measurements behind archs/_matmul.py, train/steps.first_argmax and the convolutions.
 
     python -m archbench.checks.cpu_forms [--tokens 4096] [--width 128] [--vocab 1024]
-        [--repeats 30] [--json FILE]
+        [--conv-batch 32] [--repeats 30] [--json FILE]
 
-Three tables, each a median of `--repeats` calls of a jitted function on this process's CPUs
+Four tables, each a median of `--repeats` calls of a jitted function on this process's CPUs
 (`taskset -c 0 python -m ...` for one thread, as docs/performance.md measured them):
 
 - the product (tokens x width)^T (tokens x vocab), a weight gradient, with its operands in
@@ -12,7 +12,10 @@ Three tables, each a median of `--repeats` calls of a jitted function on this pr
 - the gradient of a small model (a two-layer MLP and a vocab-wide head) on inputs shaped
   (tokens, width) and (32, tokens / 32, width), with lax.dot_general and with
   archs._matmul.dot_general, and how many of its dots take the slow 0-and-1 form;
-- jnp.argmax against first_argmax over (32, tokens / 32, vocab) logits, and whether they agree.
+- jnp.argmax against first_argmax over (32, tokens / 32, vocab) logits, and whether they agree;
+- the first convolutions of LeNet-5 (one input channel, then six) and Inception's stem (three
+  channels, 7x7, stride 2), forward and gradient, as nn.Conv and as im2col
+  (archs._conv), whether YNNPACK runs any of the program, and whether the two agree.
 
 Exit 2 on bad input.
 """
@@ -31,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from archbench.archs import _matmul
+from archbench.archs import _conv, _matmul
 from archbench.engine import xla_options
 from archbench.errors import UserError
 from archbench.text import format_table
@@ -132,6 +135,47 @@ def argmax(tokens: int, vocab: int, repeats: int) -> list[dict]:
     ]
 
 
+# (name, input height, width and channels, window, stride, filters, padding), as the families
+# have them at `small`: LeNet-5's C1 and C3, Inception's stem
+FIRST_CONVOLUTIONS = (
+    ("LeNet-5 C1", (32, 32, 1), 5, 1, 6, "VALID"),
+    ("LeNet-5 C3", (14, 14, 6), 5, 1, 16, "VALID"),
+    ("Inception stem", (64, 64, 3), 7, 2, 16, "SAME"),
+)
+
+
+def convolutions(batch: int, repeats: int) -> list[dict]:
+    """Each convolution of FIRST_CONVOLUTIONS two ways: its forward pass, and the gradient of
+    the sum of tanh of its output (filters and input)."""
+    rows = []
+    for name, hwc, k, stride, filters, padding in FIRST_CONVOLUTIONS:
+        x = jax.random.normal(jax.random.key(4), (batch, *hwc))
+        outputs = []
+        for impl in ("xla", "im2col"):
+            conv = _conv.conv_class(impl)(filters, (k, k), strides=stride, padding=padding)
+            params = conv.init(jax.random.key(5), x)
+            forward = jax.jit(conv.apply)
+            loss = lambda p, x, conv=conv: jnp.tanh(conv.apply(p, x)).sum()  # noqa: E731
+            gradient = jax.jit(jax.grad(loss, argnums=(0, 1)))
+            y = forward(params, x)
+            outputs.append(y)
+            gflop = 2 * y.size * k * k * hwc[-1] / 1e9
+            ms = median_ms(forward, (params, x), repeats)
+            text = forward.lower(params, x).compile().as_text()
+            text += gradient.lower(params, x).compile().as_text()
+            rows.append({
+                "convolution": f"{name}: {hwc[0]}x{hwc[1]}x{hwc[2]}, {k}x{k}/{stride}, {filters}",
+                "impl": impl, "forward ms": round(ms, 3), "forward GFLOP/s": round(gflop / ms * 1e3, 1),
+                "gradient ms": round(median_ms(gradient, (params, x), repeats), 3),
+                "YNNPACK": "yes" if "ynn" in text else "no",
+            })  # fmt: skip
+        scale = max(1.0, float(jnp.max(jnp.abs(outputs[0]))))
+        same = float(jnp.max(jnp.abs(outputs[0] - outputs[1]))) / scale <= 1e-5
+        for row in rows[-2:]:
+            row["agree"] = "yes" if same else "no"
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m archbench.checks.cpu_forms", description=__doc__.splitlines()[0]
@@ -139,11 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=4096, help="rows: batch 32 x sequence")
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--conv-batch", type=int, default=32, help="the convolutions' batch")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--json", help="write the tables to this file")
     args = parser.parse_args(argv)
     try:
-        if min(args.tokens, args.width, args.vocab, args.repeats) < 1 or args.tokens % 32:
+        sizes = (args.tokens, args.width, args.vocab, args.conv_batch, args.repeats)
+        if min(sizes) < 1 or args.tokens % 32:
             raise UserError("--tokens must be a positive multiple of 32; the others >= 1")
     except UserError as e:
         print(f"cpu_forms: error: {e}", file=sys.stderr)
@@ -154,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "dot_forms": dot_forms(args.tokens, args.width, args.vocab, args.repeats),
         "model_gradients": model_gradients(args.tokens, args.width, args.vocab, args.repeats),
         "argmax": argmax(args.tokens, args.vocab, args.repeats),
+        "convolutions": convolutions(args.conv_batch, args.repeats),
     }
     for name, rows in tables.items():
         print(f"\n{name}\n" + format_table(rows, list(rows[0])))
