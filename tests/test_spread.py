@@ -8,15 +8,17 @@ from archbench.checks import spread
 
 
 def test_a_process_times_its_blocks_with_their_cpu(tmp_path, capsys):
+    """In the option set's process: cpu-one-thread pins it to one CPU, one XLA thread."""
     out = tmp_path / "spread.json"
     argv = ["--arch", "mlp", "--size", "tiny", "--batch", "2", "--processes", "1"]
     argv += ["--blocks", "3", "--target-s", "0.01", "--json", str(out)]
+    argv += ["--xla-options", "cpu-one-thread"]
     assert spread.main(argv) == 0
     found = json.loads(out.read_text())
     [process] = found["processes"]
     assert len(process["blocks"]) == 3
     assert all(b["ms"] > 0 and b["cpu_per_s"] > 0 for b in process["blocks"])
-    assert process["xla_threads"] >= 1  # the worker's own XLA pool, read from /proc
+    assert (process["cpus"], process["xla_threads"]) == (1, 1)  # read from /proc
     assert found["rows"][0]["blocks"] == 3 and "median_ms" in capsys.readouterr().out
 
 

@@ -16,6 +16,7 @@ docs/performance.md ("The same cell, a different speed") reads it. Exit 2 on bad
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -25,8 +26,6 @@ import time
 from pathlib import Path
 
 from archbench.engine import xla_options
-from archbench.engine.cell import Cell
-from archbench.engine.plan import plan_of
 from archbench.errors import UserError
 from archbench.text import format_table
 
@@ -50,9 +49,11 @@ def _xla_threads() -> int:
 
 def worker(args) -> dict:
     """This process's blocks (the `--worker` side)."""
+    from archbench.engine.cell import Cell
     from archbench.engine.measure import prepare, time_rounds
 
-    prepared = prepare(Cell(args.arch, args.size, args.mode, args.batch, args.dtype))
+    cell = Cell(args.arch, args.size, args.mode, args.batch, args.dtype)
+    prepared = prepare(dataclasses.replace(cell, xla_options=args.xla_options))
     prepared.calibrate(args.min_round_s)
     steal, blocks = _steal_s(), []
     for _ in range(args.blocks):
@@ -117,14 +118,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    if args.worker:
-        print(json.dumps(worker(args)))
+    if args.worker:  # the cell is resolved here: this parent never starts JAX, then forks
+        try:
+            print(json.dumps(worker(args)))
+        except UserError as e:
+            print(f"spread: error: {e}", file=sys.stderr)
+            return 2
         return 0
     try:
         if min(args.processes, args.blocks, args.batch) < 1 or args.target_s <= 0:
             raise UserError("--processes, --blocks and --batch must be >= 1, --target-s > 0")
         xla_options.get(args.xla_options)
-        plan_of(Cell(args.arch, args.size, args.mode, args.batch, args.dtype))  # a valid cell
     except UserError as e:
         print(f"spread: error: {e}", file=sys.stderr)
         return 2
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.arch} {args.size} {args.mode} b{args.batch} {args.dtype}, "
           f"--xla-options {args.xla_options}; load average {load}")  # fmt: skip
     command = [sys.executable, "-m", "archbench.checks.spread", "--worker", "--arch", args.arch]
-    for option in ("size", "mode", "batch", "dtype", "blocks", "target_s", "min_round_s"):
+    options = ("size", "mode", "batch", "dtype", "blocks", "target_s", "min_round_s", "xla_options")
+    for option in options:
         command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     found = []
     for i in range(args.processes):
@@ -143,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             capture_output=True,
             text=True,
         )
+        if proc.returncode == 2:  # the worker's one line: a cell that is not one
+            print(proc.stderr.strip().splitlines()[-1], file=sys.stderr)
+            return 2
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             print(
