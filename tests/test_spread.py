@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from archbench.checks import spread
 
 
+# the worker is pinned by a preexec_fn, so forked from this process, where JAX runs
+@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 def test_a_process_times_its_blocks_with_their_cpu(tmp_path, capsys):
     """In the option set's process: cpu-one-thread pins it to one CPU, one XLA thread."""
     out = tmp_path / "spread.json"
