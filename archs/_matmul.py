@@ -5,10 +5,11 @@ as one `lax.dot_general`. Its gradient with respect to the kernel then contracts
 dimensions, B and T, and XLA:CPU (jaxlib 0.12) lays that product out as a dot whose left
 operand contracts its dimension 0 and whose right operand contracts its dimension 1, after
 transposing the output gradient. That form runs on XLA's own dot emitter at about a third
-of the speed of the others: (4096 x 128)^T times (1024 x 4096)^T in 28.7 ms, 37 GFLOP/s,
-against 10.5 ms for the same product with both operands contracting dimension 0 (one
-thread, 2-core AMD EPYC VM). It was 13 to 34% of the training step of every Transformer
-and Mixer family (docs/performance.md, "Weight gradients on the slow dot form").
+of the speed of the others: (4096 x 128)^T times (1024 x 4096)^T in 32.7 ms, 33 GFLOP/s,
+against 10.3 ms for the same product with both operands contracting dimension 0 (one
+thread, 2-core AMD EPYC VM, `taskset -c 0 python -m archbench.checks.cpu_forms`; every
+Transformer and Mixer family's training step had such dots: docs/performance.md, "Weight
+gradients on the slow dot form").
 
 Written as (B*T, D) times (D, F), the kernel's gradient contracts one dimension and XLA
 keeps both operands as they are. On a GPU or TPU the reshapes are free (a bitcast).

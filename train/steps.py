@@ -57,10 +57,11 @@ def first_argmax(logits: jax.Array) -> jax.Array:
     """jnp.argmax over the last axis (the first index of the maximum) as two plain reductions:
     the maximum, then the smallest index that holds it.
 
-    XLA:CPU runs jnp.argmax as one reduction over (value, index) pairs: 18.5 ms on one thread
-    for llama small's (32, 128, 1024) logits, against 2.4 ms for these two (PyTorch's argmax:
-    4.0 ms), 6% of that train step. The same index for every row without a NaN; a row with a
-    NaN gets the row's length (no class), where argmax gives the NaN's index.
+    XLA:CPU runs jnp.argmax as one reduction over (value, index) pairs: 18.2 ms on one thread
+    for llama small's (32, 128, 1024) logits, against 2.4 ms for these two (`python -m
+    archbench.checks.cpu_forms`), about 6% of that train step. The same index for every row
+    without a NaN; a row with a NaN gets the row's length (no class), where argmax gives the
+    NaN's index.
     """
     top = logits.max(-1, keepdims=True)
     index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)

@@ -118,7 +118,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    if args.worker:  # the cell is resolved here: this parent never starts JAX, then forks
+    if args.worker:  # a worker resolves its own cell: the parent never starts JAX, then forks
         try:
             print(json.dumps(worker(args)))
         except UserError as e:

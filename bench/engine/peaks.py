@@ -114,8 +114,8 @@ def _best_time(run, runs: int = 5, spend_s: float = 0.2, most: int = 200) -> flo
 #
 # A process measures a CPU's peaks once (about two seconds). Where ARCHBENCH_PEAKS_FILE names a
 # JSON file, the figures measured are kept there, keyed by what they depend on (the figure, the
-# device kind, JAX's version, the XLA options in force and the CPUs the process may use), and a later process with the same
-# key reads them instead of measuring again: the processes of one session (a test run, a
+# device kind, JAX's version, the XLA options in force and the CPUs the process may use), and a
+# later process with the same key reads them instead of measuring again: the processes of one session (a test run, a
 # script's `archbench run`s) then share one roof, and none measures while another runs.
 PEAKS_FILE = "ARCHBENCH_PEAKS_FILE"
 
