@@ -1,3 +1,4 @@
+import gc
 import os
 import shutil
 import tempfile
@@ -41,6 +42,19 @@ os.environ.setdefault(
 # ...and with LLVM's optimisations off, which changes no program, only how long XLA:CPU takes
 # to emit its machine code (tests/xla_flags.py says why that is safe).
 xla_flags.set_for_this_run()
+
+
+# ---- garbage collection -----------------------------------------------------------------------
+#
+# A test worker ends up holding what the earlier tests compiled (JAX's caches of traces, jaxprs
+# and executables): a great many objects, which every full garbage collection walks. The engine
+# collects after each cell, to free its buffers before the next one compiles, and each matrix
+# session ended with two more: sampled with py-spy, these explicit collections took 107 of the
+# suite's 780 CPU seconds. Before each test, what exists is moved out of the collector's sight
+# (gc.freeze): a collection then walks only what the running test made, where its cell's
+# buffers are (4 CPU seconds in all; peak memory 1.87 GB against 1.84 on five files).
+def pytest_runtest_setup(item):
+    gc.freeze()
 
 
 def pytest_unconfigure(config):

@@ -187,6 +187,10 @@ def pytest_args(args, out: Path | None) -> list[str]:
         "no:terminal",
         "-p",  # pytest-benchmark turns its timers off where xdist is loaded: never split cells
         "no:xdist",
+        # its warnings would go to the terminal report, which is off, and it ends the session with
+        # two full garbage collections: up to a second in a process that holds many programs
+        "-p",
+        "no:unraisableexception",
         "--benchmark-enable",
         # pytest-benchmark makes its storage folder (./.benchmarks) as it starts, though
         # archbench never saves there: point it at the temporary folder, not the user's
