@@ -63,8 +63,11 @@ def _state_and_batch(plan: Plan, devices, abstract: bool = False):
         batch_shapes = jax.eval_shape(make_batch, batch_key)
         batch = jax.tree.map(lambda a: place(a, placement.batch), batch_shapes)
         return jax.tree.map(place, shapes, shardings), batch
-    state = jax.jit(init, out_shardings=shardings)(key)
-    return state, jax.jit(make_batch, out_shardings=placement.batch)(batch_key)
+
+    def state_and_batch(key, batch_key):  # one program: a second costs a compile of its own
+        return init(key), make_batch(batch_key)
+
+    return jax.jit(state_and_batch, out_shardings=(shardings, placement.batch))(key, batch_key)
 
 
 def _nbytes(tree) -> int:
