@@ -85,7 +85,8 @@ def greedy_forward(module, params, cache, tokens):
     logits, variables = module.apply(
         {"params": params, "cache": cache}, tokens, decode=True, mutable=["cache"]
     )  # (B, T, V)
-    return first_argmax(logits[:, -1]), variables["cache"]  # jnp.argmax, faster on CPU
+    # the token jnp.argmax picks (a row without NaN), in a fraction of its time on a CPU
+    return first_argmax(logits[:, -1]), variables["cache"]
 
 
 def greedy_step(module, params, cache, token):

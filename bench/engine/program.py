@@ -36,12 +36,11 @@ def _state_and_batch(plan: Plan, devices, abstract: bool = False):
 
     The state's shardings come from its shapes alone (jax.eval_shape), and `init` is jitted
     with them as out_shardings (one program with the batch's): under fsdp no device ever
-    holds the whole state. With
-    `abstract`, both are jax.ShapeDtypeStructs carrying those shardings: nothing is
-    allocated, so a model larger than this host's memory can still be compiled. Parameters
-    and data are drawn with the "rbg" PRNG, whose programs compile several times faster than
-    threefry's (values do not matter here); the dropout key the train step uses is a
-    default-implementation key, as in the fit loop.
+    holds the whole state. With `abstract`, both are jax.ShapeDtypeStructs carrying those
+    shardings: nothing is allocated, so a model larger than this host's memory can still be
+    compiled. Parameters and data are drawn with the "rbg" PRNG, whose programs compile
+    several times faster than threefry's (values do not matter here); the dropout key the
+    train step uses is a default-implementation key, as in the fit loop.
     Raises:
       sharding.Unsupported if the strategy has no form for this model.
     """
